@@ -1,0 +1,1 @@
+"""lsl: label smoothing under label noise."""
