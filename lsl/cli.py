@@ -1,0 +1,47 @@
+"""The ``lsl`` command: LightningCLI with the data's classes and noise linked into the model.
+
+    lsl fit --config configs/quickstart.yaml
+    lsl test --config configs/quickstart.yaml --ckpt_path logs/quickstart/version_0/checkpoints/last.ckpt
+    lsl fit --config configs/ls_cifar100.yaml --print_config
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
+from lightning.pytorch.loggers import TensorBoardLogger
+from jsonargparse import lazy_instance
+
+from lsl.data import NoisyLabelDataModule
+from lsl.errors import ConfigError
+from lsl.module import Classifier
+
+
+class LSLCLI(LightningCLI):
+    """LightningCLI with lsl's links and defaults: TensorBoard under ``logs/``, a ``last.ckpt`` every epoch."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.transition_matrix", "model.init_args.transition_matrix", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lsl`` console script and ``python -m lsl``; exits 2 on bad input."""
+    try:
+        LSLCLI(
+            Classifier,
+            NoisyLabelDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults={"logger": lazy_instance(TensorBoardLogger, save_dir="logs", name="default",
+                                                      default_hp_metric=False)},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except ConfigError as error:
+        print(f"lsl: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,571 @@
+"""Noisy-label data: image sources, the noisy-label data module, and batch augmentation on tensors.
+
+A data module wraps an image source (CIFAR-10/100, Fashion-MNIST, scikit-learn's digits, an ImageFolder
+tree) and a noise model from :mod:`lsl.noise`. Noise touches the training split only; the test labels stay
+clean. Every batch is a :class:`Batch` carrying the input, the noisy and the clean target, the sample index
+and an is-noisy flag, so the classifier can measure memorisation of the mislabelled samples.
+
+Small datasets are decoded once into uint8 tensors; the standard augmentation (pad + random crop,
+horizontal flip) and the normalisation run on whole batches after they reach the device, never per
+sample through PIL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from abc import ABC, abstractmethod
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lsl.errors import ConfigError
+from lsl.noise import NoiseModel, NoNoise, NoisyLabels, load_or_create_noisy_labels
+
+
+class Batch(NamedTuple):
+    """One batch: ``input`` (uint8 images before the device-side transform, float after), the targets."""
+
+    input: Tensor
+    noisy_target: Tensor
+    clean_target: Tensor
+    index: Tensor
+    is_noisy: Tensor
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+class ImageSource(ABC):
+    """Where the images and clean labels of a dataset come from.
+
+    Subclasses set ``name`` (used to key noise artifacts), ``mean``/``std`` (per-channel, in [0, 1] units)
+    and the standard augmentation of the dataset (``crop_padding``, ``flip``).
+    """
+
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int = 0
+    flip: bool = False
+    root: Path
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """The number of classes K."""
+
+    def prepare(self) -> None:
+        """Download the data if that was asked for; raise ConfigError if it is still missing."""
+
+    def load(self, train: bool, augment: bool = False) -> tuple[Tensor, np.ndarray]:
+        """Return the images (uint8 [N, C, H, W]) and the clean labels (int64 [N]) of one split.
+
+        Decoded once per split and kept: the data module asks for the training labels in
+        ``prepare_data`` and for the images in ``setup``. ``augment`` matters only to sources that
+        decode lazily (ImageFolder); in-memory images are augmented per batch on the device.
+        """
+        if train not in self._decoded:
+            self._decoded[train] = self.decode(train)
+        return self._decoded[train]
+
+    @abstractmethod
+    def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
+        """Read one split from disk into uint8 images [N, C, H, W] and int64 labels [N]."""
+
+    @cached_property
+    def _decoded(self) -> dict:
+        return {}
+
+
+class CIFAR10(ImageSource):
+    """CIFAR-10 (Krizhevsky 2009) from its standard ``cifar-10-batches-py`` folder.
+
+    The pickled batches are read directly, so a locally rebuilt copy loads as well as the original.
+
+    ```yaml
+    dataset:
+      class_path: lsl.data.CIFAR10
+      init_args:
+        root: data
+    ```
+
+    Args:
+        root: Folder that holds (or will hold) ``cifar-10-batches-py``.
+        download: Fetch the data through torchvision when it is missing.
+    """
+
+    name = "cifar10"
+    folder = "cifar-10-batches-py"
+    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
+    test_files = ("test_batch",)
+    label_key = "labels"
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    crop_padding = 4
+    flip = True
+    size_mb = 163
+
+    def __init__(self, root: str = "data", download: bool = False) -> None:
+        self.root = Path(root)
+        self.download = download
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def prepare(self) -> None:
+        if self._missing() and self.download:
+            self._download()
+        missing = self._missing()
+        if missing:
+            raise ConfigError(
+                f"{type(self).__name__} not found: looked for {missing[0]}. Set "
+                f"`download: true` on the dataset to fetch it (about {self.size_mb} MB), or point `root` at "
+                f"the folder that holds {self.folder}/"
+            )
+
+    def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
+        images, labels = [], []
+        for name in self.train_files if train else self.test_files:
+            with open(self.root / self.folder / name, "rb") as file:
+                batch = pickle.load(file, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[self.label_key], dtype=np.int64))
+        return torch.from_numpy(np.concatenate(images)), np.concatenate(labels)
+
+    def _missing(self) -> list[Path]:
+        files = [self.root / self.folder / name for name in self.train_files + self.test_files]
+        return [path for path in files if not path.is_file()]
+
+    def _download(self) -> None:
+        from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
+
+        TorchvisionCIFAR10(str(self.root), download=True)
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100 (Krizhevsky 2009, 100 fine labels) from its standard ``cifar-100-python`` folder.
+
+    ```yaml
+    dataset:
+      class_path: lsl.data.CIFAR100
+      init_args:
+        root: data
+    ```
+
+    Args:
+        root: Folder that holds (or will hold) ``cifar-100-python``.
+        download: Fetch the data through torchvision when it is missing.
+    """
+
+    name = "cifar100"
+    folder = "cifar-100-python"
+    train_files = ("train",)
+    test_files = ("test",)
+    label_key = "fine_labels"
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+    size_mb = 161
+
+    def __init__(self, root: str = "data", download: bool = False) -> None:
+        super().__init__(root, download)
+
+    @property
+    def num_classes(self) -> int:
+        return 100
+
+    def _download(self) -> None:
+        from torchvision.datasets import CIFAR100 as TorchvisionCIFAR100
+
+        TorchvisionCIFAR100(str(self.root), download=True)
+
+
+class FashionMNIST(ImageSource):
+    """Fashion-MNIST (Xiao et al. 2017): 28x28 grey images of 10 kinds of clothing.
+
+    Reads the four original idx files (``.gz`` or not) from ``root`` itself (Debian's
+    ``dataset-fashion-mnist`` puts them in ``/usr/share/datasets/fashion-mnist``) or from torchvision's
+    layout ``root/FashionMNIST/raw``.
+
+    ```yaml
+    dataset:
+      class_path: lsl.data.FashionMNIST
+      init_args:
+        root: /usr/share/datasets/fashion-mnist
+    ```
+
+    Args:
+        root: Folder that holds the idx files, or torchvision's ``FashionMNIST/raw`` below it.
+        download: Fetch the data through torchvision when it is missing.
+        flip: Random horizontal flips during training (the only augmentation; no crop).
+    """
+
+    name = "fashion-mnist"
+    mean = (0.2860,)
+    std = (0.3530,)
+    stems = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+    def __init__(self, root: str = "data", download: bool = False, flip: bool = True) -> None:
+        self.root = Path(root)
+        self.download = download
+        self.flip = flip
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def prepare(self) -> None:
+        if self._folder() is None and self.download:
+            from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+            TorchvisionFashionMNIST(str(self.root), download=True)
+        if self._folder() is None:
+            raise ConfigError(
+                f"Fashion-MNIST not found: looked for train-images-idx3-ubyte(.gz) and the three other idx "
+                f"files in {self.root} and {self.root / 'FashionMNIST' / 'raw'}. Set `download: true` on the "
+                "dataset, or install Debian's dataset-fashion-mnist and use root: /usr/share/datasets/fashion-mnist"
+            )
+
+    def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
+        folder = self._folder()
+        image_stem, label_stem = self.stems[train]
+        images = _read_idx(_find_idx(folder, image_stem))
+        labels = _read_idx(_find_idx(folder, label_stem)).astype(np.int64)
+        return torch.from_numpy(images).unsqueeze(1), labels
+
+    def _folder(self) -> Path | None:
+        for folder in (self.root, self.root / "FashionMNIST" / "raw"):
+            if all(_find_idx(folder, stem) for pair in self.stems.values() for stem in pair):
+                return folder
+        return None
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for path in (folder / stem, folder / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (LeCun's MNIST format): a 4-byte magic whose last byte is the rank, then the dims."""
+    data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    rank = data[3]
+    shape = np.frombuffer(data, dtype=">u4", count=rank, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape).copy()
+
+
+class Digits(ImageSource):
+    """scikit-learn's handwritten digits (1,797 8x8 images, 10 classes): real data, offline, tiny.
+
+    A fixed, stratified split (seeded by the data set's definition, not by any run seed) holds out
+    ``test_fraction`` of the images as the clean test set. Pixel values 0..16 are scaled to 0..255.
+
+    ```yaml
+    dataset:
+      class_path: lsl.data.Digits
+    ```
+
+    Args:
+        root: Folder for the noise artifacts (the images themselves ship with scikit-learn).
+        test_fraction: Share of the images held out as the test set.
+    """
+
+    name = "digits"
+    mean = (0.3,)
+    std = (0.38,)
+
+    def __init__(self, root: str = "data", test_fraction: float = 0.2) -> None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ConfigError(f"test_fraction={test_fraction} must be in (0, 1)")
+        self.root = Path(root)
+        self.test_fraction = test_fraction
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+        splits = train_test_split(images, digits.target.astype(np.int64), test_size=self.test_fraction,
+                                  stratify=digits.target, random_state=0)
+        images, labels = (splits[0], splits[2]) if train else (splits[1], splits[3])
+        return torch.from_numpy(images), labels
+
+
+class ImageFolder(ImageSource):
+    """An ImageNet-style tree: ``root/<train_dir>/<class>/*.jpg`` and ``root/<test_dir>/<class>/*.jpg``.
+
+    Too large for memory: images are decoded per sample in DataLoader workers, with torchvision's
+    RandomResizedCrop + flip for training and Resize + CenterCrop for evaluation (ImageNet statistics).
+
+    ```yaml
+    dataset:
+      class_path: lsl.data.ImageFolder
+      init_args:
+        root: /datasets/imagenet
+        test_dir: val
+    ```
+
+    Args:
+        root: The tree's top folder.
+        train_dir: Sub-folder with the training images.
+        test_dir: Sub-folder with the (clean) evaluation images.
+        image_size: Side of the square crops fed to the network.
+    """
+
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+
+    def __init__(self, root: str, train_dir: str = "train", test_dir: str = "val", image_size: int = 224) -> None:
+        self.root = Path(root)
+        self.train_dir = train_dir
+        self.test_dir = test_dir
+        self.image_size = image_size
+        self.name = f"imagefolder-{self.root.name}"
+
+    @cached_property
+    def classes(self) -> list[str]:
+        self.prepare()
+        return sorted(entry.name for entry in (self.root / self.train_dir).iterdir() if entry.is_dir())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prepare(self) -> None:
+        for split in (self.train_dir, self.test_dir):
+            if not (self.root / split).is_dir():
+                raise ConfigError(
+                    f"ImageFolder split not found: {self.root / split} is not a folder. Point `root` at a tree "
+                    f"with {self.train_dir}/<class>/*.jpg and {self.test_dir}/<class>/*.jpg"
+                )
+
+    def load(self, train: bool, augment: bool = False) -> tuple[DecodedImages, np.ndarray]:
+        from torchvision.datasets import ImageFolder as TorchvisionImageFolder
+
+        folder = TorchvisionImageFolder(str(self.root / (self.train_dir if train else self.test_dir)))
+        return DecodedImages(folder, self.transform(augment)), np.asarray(folder.targets, dtype=np.int64)
+
+    def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
+        raise NotImplementedError("ImageFolder decodes each image when its batch is fetched")
+
+    def transform(self, augment: bool):
+        from torchvision.transforms import v2
+
+        steps = ([v2.RandomResizedCrop(self.image_size), v2.RandomHorizontalFlip()] if augment
+                 else [v2.Resize(self.image_size * 8 // 7), v2.CenterCrop(self.image_size)])
+        return v2.Compose([v2.PILToTensor(), *steps, v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(self.mean, self.std)])
+
+
+# ----------------------------------------------------------------------------- datasets and augmentation
+
+
+class NoisyDataset(Dataset):
+    """Images with noisy and clean labels; fetches whole batches at once (``__getitems__``)."""
+
+    def __init__(self, images, noisy: np.ndarray, clean: np.ndarray, indices: np.ndarray) -> None:
+        self.images = images
+        self.noisy = torch.as_tensor(noisy[indices], dtype=torch.int64)
+        self.clean = torch.as_tensor(clean[indices], dtype=torch.int64)
+        self.indices = torch.as_tensor(indices, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, positions: list[int]) -> Batch:
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        noisy, clean = self.noisy[positions], self.clean[positions]
+        return Batch(self.images[self.indices[positions]], noisy, clean, self.indices[positions], noisy != clean)
+
+    def __getitem__(self, position: int) -> Batch:
+        return Batch(*(field[0] for field in self.__getitems__([position])))
+
+
+class DecodedImages:
+    """Lazily decoded ImageFolder images: ``images[index_tensor]`` returns a float batch."""
+
+    def __init__(self, folder, transform) -> None:
+        self.folder = folder
+        self.transform = transform
+
+    def __getitem__(self, indices: Tensor) -> Tensor:
+        return torch.stack([self.transform(self.folder.loader(self.folder.samples[i][0])) for i in indices.tolist()])
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
+def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Pad each image by ``padding`` zeros, crop it back at a random offset, and flip half of them.
+
+    Works on a whole batch [B, C, H, W] at once, on any device; each image gets its own offset and coin.
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    if padding > 0:
+        padded = F.pad(images, (padding, padding, padding, padding))
+        top = torch.randint(0, 2 * padding + 1, (batch, 1, 1, 1), device=device, generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (batch, 1, 1, 1), device=device, generator=generator)
+        rows = top + torch.arange(height, device=device).view(1, 1, height, 1)
+        cols = left + torch.arange(width, device=device).view(1, 1, 1, width)
+        padded = padded.gather(2, rows.expand(batch, channels, height, padded.shape[-1]))
+        images = padded.gather(3, cols.expand(batch, channels, height, width))
+    if flip:
+        coins = torch.rand(batch, 1, 1, 1, device=device, generator=generator) < 0.5
+        images = torch.where(coins, images.flip(-1), images)
+    return images
+
+
+# --------------------------------------------------------------------------------------------- the module
+
+
+class NoisyLabelDataModule(pl.LightningDataModule):
+    """A dataset with noisy training labels, a noisy validation split and a clean test set.
+
+    The noisy labels are drawn once by ``noise`` from ``noise_seed`` (separate from the training seed),
+    saved as a checksummed artifact beside the data, and reused by every later run.
+    ``val_fraction`` of the noisy training set is held out for model selection, so that selection never
+    looks at the (clean) test set.
+
+    ```yaml
+    data:
+      class_path: lsl.data.NoisyLabelDataModule
+      init_args:
+        dataset:
+          class_path: lsl.data.CIFAR100
+          init_args:
+            root: data
+        noise:
+          class_path: lsl.noise.SymmetricNoise
+          init_args:
+            rate: 0.2
+        noise_seed: 0
+    ```
+
+    Args:
+        dataset: Where the images and clean labels come from.
+        noise: How the training labels are corrupted; None keeps them clean.
+        noise_seed: Seed of the label corruption (and of the validation split), not of training.
+        val_fraction: Share of the noisy training set held out as the validation split (0 for none).
+        batch_size: Training batch size (per device).
+        eval_batch_size: Batch size for validation, test and predict.
+        num_workers: DataLoader worker processes (0 is fastest for the in-memory datasets).
+        augment: Apply the dataset's standard augmentation to training batches.
+        artifact_dir: Where noise artifacts live; default ``<dataset root>/noisy_labels``.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageSource,
+        noise: NoiseModel | None = None,
+        noise_seed: int = 0,
+        val_fraction: float = 0.1,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        augment: bool = True,
+        artifact_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={val_fraction} must be in [0, 1): it is the share held out for validation")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"{name}={value} must be a positive number of samples")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers={num_workers} must be 0 or more")
+        self.dataset = dataset
+        self.noise = noise or NoNoise()
+        self.noise_seed = noise_seed
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.artifact_dir = Path(artifact_dir) if artifact_dir else dataset.root / "noisy_labels"
+        self.noisy_labels: NoisyLabels | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def num_classes(self) -> int:
+        """K, linked by the CLI into the model so that it is never typed twice."""
+        return self.dataset.num_classes
+
+    @property
+    def transition_matrix(self) -> list[list[float]]:
+        """The noise model's true T (T[i, j] = P(noisy = j | clean = i)), linked by the CLI into the model."""
+        return self.noise.transition_matrix(self.num_classes).tolist()
+
+    def prepare_data(self) -> None:
+        # Runs before Lightning creates any run directory: missing data or a corrupted artifact stops here.
+        self.dataset.prepare()
+        self._load_noisy_labels(self.dataset.load(train=True, augment=self.augment)[1])
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and self.train_set is None:
+            self._setup_train_and_val()
+        if stage in ("test", "predict") and self.test_set is None:
+            images, clean = self.dataset.load(train=False)
+            self.test_set = NoisyDataset(images, clean, clean, np.arange(len(clean)))
+
+    def _setup_train_and_val(self) -> None:
+        images, clean = self.dataset.load(train=True, augment=self.augment)
+        noisy = self._load_noisy_labels(clean).labels
+        order = np.random.default_rng([self.noise_seed, 1]).permutation(len(clean))
+        num_val = int(round(self.val_fraction * len(clean)))
+        self.train_set = NoisyDataset(images, noisy, clean, np.sort(order[num_val:]))
+        self.val_set = NoisyDataset(images, noisy, clean, np.sort(order[:num_val])) if num_val else None
+
+    def _load_noisy_labels(self, clean: np.ndarray) -> NoisyLabels:
+        if self.noisy_labels is None:
+            self.noisy_labels = load_or_create_noisy_labels(
+                self.noise, clean, self.num_classes, dataset=self.dataset.name, split="train",
+                seed=self.noise_seed, directory=self.artifact_dir,
+            )
+        return self.noisy_labels
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, self.eval_batch_size) if self.val_set is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+    def _loader(self, dataset: NoisyDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_as_is,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if batch.input.dtype != torch.uint8:  # already a float tensor (ImageFolder)
+            return batch
+        images = batch.input
+        if self.augment and self.trainer is not None and self.trainer.training:
+            images = random_crop_flip(images, self.dataset.crop_padding, self.dataset.flip)
+        return batch._replace(input=self._normalise(images))
+
+    def _normalise(self, images: Tensor) -> Tensor:
+        mean = torch.tensor(self.dataset.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.dataset.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255 - mean) / std

@@ -1,0 +1,158 @@
+"""The classifier: one LightningModule, a pluggable loss strategy, and the noisy-label metrics."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from lsl.data import Batch
+from lsl.errors import ConfigError
+from lsl.losses import CrossEntropy, TransitionMatrixLoss
+from lsl.models import resnet32
+
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def paper_sgd(params: Iterable) -> torch.optim.Optimizer:
+    """The paper's optimizer: SGD, Nesterov momentum 0.9, lr 0.1, weight decay 1e-4."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def paper_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The paper's schedule (He et al. 2016): lr x0.1 at steps 32k and 48k (of 64k)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[32_000, 48_000], gamma=0.1)
+
+
+class Classifier(pl.LightningModule):
+    """An image classifier trained on noisy labels with an injected loss strategy.
+
+    Logs, slash-namespaced for TensorBoard:
+
+    - ``train/loss`` (the strategy's loss), ``train/lr``;
+    - ``{train,val}/acc_noisy`` and ``{train,val}/acc_clean``: accuracy against the noisy and the true labels;
+    - ``train/memorised`` and ``train/corrected``: on the mislabelled training samples, the share predicted
+      as their noisy label and as their true label (measured on the augmented batches as they are trained);
+    - ``{train,val,test}/logit_norm``: mean L2 norm of the logits (label smoothing shrinks it);
+    - ``val/nll`` (against the noisy labels), ``test/acc``, ``test/nll`` and ``test/ece`` (15 bins).
+
+    ```yaml
+    model:
+      class_path: lsl.Classifier
+      init_args:
+        backbone:
+          class_path: lsl.models.CifarResNet
+          init_args:
+            depth: 32
+        loss:
+          class_path: lsl.losses.LabelSmoothing
+          init_args:
+            alpha: 0.1
+    ```
+
+    Args:
+        backbone: Builds the network from the number of classes (any class of :mod:`lsl.models`, or any
+            callable ``num_classes -> nn.Module``).
+        loss: The loss strategy, ``forward(logits, target) -> scalar``; None is cross-entropy.
+        optimizer: Builds the optimizer from the parameters; default: the paper's Nesterov SGD.
+        scheduler: Builds the LR scheduler from the optimizer; default: the paper's steps at 32k and 48k.
+        scheduler_interval: Step the scheduler every optimizer ``step`` or every ``epoch``.
+        num_classes: Number of classes K; linked from the data by the CLI.
+        transition_matrix: The data's true noise transition matrix; linked from the data by the CLI and
+            given to a loss that needs one and was given none of its own.
+        ece_bins: Bins of the expected calibration error.
+    """
+
+    def __init__(
+        self,
+        backbone: Callable[[int], nn.Module] = resnet32,
+        loss: nn.Module | None = None,
+        optimizer: OptimizerFactory = paper_sgd,
+        scheduler: SchedulerFactory | None = paper_schedule,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        num_classes: int = 10,
+        transition_matrix: list[list[float]] | None = None,
+        ece_bins: int = 15,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ConfigError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+        self.save_hyperparameters()
+        self.network = backbone(num_classes)
+        self.loss = loss if loss is not None else CrossEntropy()
+        if isinstance(self.loss, TransitionMatrixLoss):
+            self.loss.use_data_transition_matrix(transition_matrix)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self._build_metrics(num_classes, ece_bins)
+
+    def _build_metrics(self, num_classes: int, ece_bins: int) -> None:
+        def accuracy() -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes, average="micro")
+
+        self.train_metrics = MetricCollection(
+            {"acc_noisy": accuracy(), "acc_clean": accuracy(), "memorised": accuracy(), "corrected": accuracy(),
+             "logit_norm": MeanMetric()}, prefix="train/")
+        self.val_metrics = MetricCollection(
+            {"acc_noisy": accuracy(), "acc_clean": accuracy(), "nll": MeanMetric(), "logit_norm": MeanMetric()},
+            prefix="val/")
+        self.test_metrics = MetricCollection(
+            {"acc": accuracy(), "nll": MeanMetric(), "logit_norm": MeanMetric(),
+             "ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1")}, prefix="test/")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        logits = self(batch.input)
+        loss = self.loss(logits, batch.noisy_target)
+        self._update_train_metrics(logits.detach(), batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _update_train_metrics(self, logits: Tensor, batch: Batch) -> None:
+        predictions = logits.argmax(dim=1)
+        metrics = self.train_metrics
+        metrics["acc_noisy"].update(predictions, batch.noisy_target)
+        metrics["acc_clean"].update(predictions, batch.clean_target)
+        mislabelled = batch.is_noisy
+        metrics["memorised"].update(predictions[mislabelled], batch.noisy_target[mislabelled])
+        metrics["corrected"].update(predictions[mislabelled], batch.clean_target[mislabelled])
+        metrics["logit_norm"].update(logits.float().norm(dim=1))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        logits = self(batch.input)
+        predictions = logits.argmax(dim=1)
+        self.val_metrics["acc_noisy"].update(predictions, batch.noisy_target)
+        self.val_metrics["acc_clean"].update(predictions, batch.clean_target)
+        self.val_metrics["nll"].update(F.cross_entropy(logits.float(), batch.noisy_target, reduction="none"))
+        self.val_metrics["logit_norm"].update(logits.float().norm(dim=1))
+        self.log("val/loss", self.loss(logits, batch.noisy_target), on_epoch=True)
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        logits = self(batch.input).float()
+        self.test_metrics["acc"].update(logits.argmax(dim=1), batch.clean_target)
+        self.test_metrics["nll"].update(F.cross_entropy(logits, batch.clean_target, reduction="none"))
+        self.test_metrics["logit_norm"].update(logits.norm(dim=1))
+        self.test_metrics["ece"].update(logits.softmax(dim=1), batch.clean_target)
+        self.log_dict(self.test_metrics, on_epoch=True)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self(batch.input).softmax(dim=1)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}

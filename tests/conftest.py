@@ -1,0 +1,94 @@
+"""Tiny datasets written in the exact on-disk formats that lsl reads, and paths to the real data."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _cifar_pixels(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Rows of 3072 uint8 (channel-major), brightness tied to the label so a network can learn it."""
+    base = (labels.astype(np.int64) * 255 // max(int(labels.max()), 1)).astype(np.int64)
+    noise = rng.integers(-20, 21, size=(len(labels), 3072))
+    return np.clip(base[:, None] + noise, 0, 255).astype(np.uint8)
+
+
+def _pickle(path: Path, content: dict) -> None:
+    with open(path, "wb") as file:
+        pickle.dump(content, file)
+
+
+def write_cifar10(root: Path, per_batch: int = 40, test_size: int = 50) -> Path:
+    """``root/cifar-10-batches-py`` with five training batches, a test batch and the meta file."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for b in range(1, 6):
+        labels = rng.integers(0, 10, per_batch)
+        _pickle(folder / f"data_batch_{b}", {"batch_label": f"training batch {b} of 5", "labels": labels.tolist(),
+                                             "data": _cifar_pixels(rng, labels),
+                                             "filenames": [f"{i}.png" for i in range(per_batch)]})
+    labels = rng.integers(0, 10, test_size)
+    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": labels.tolist(),
+                                    "data": _cifar_pixels(rng, labels), "filenames": []})
+    _pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch,
+                                      "num_vis": 3072})
+    return root
+
+
+def write_cifar100(root: Path, train_size: int = 300, test_size: int = 100) -> Path:
+    """``root/cifar-100-python`` with ``train``, ``test`` and ``meta`` (fine and coarse labels)."""
+    rng = np.random.default_rng(1)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, size in (("train", train_size), ("test", test_size)):
+        fine = rng.integers(0, 100, size)
+        _pickle(folder / name, {"filenames": [], "batch_label": name, "fine_labels": fine.tolist(),
+                                "coarse_labels": (fine // 5).tolist(), "data": _cifar_pixels(rng, fine)})
+    _pickle(folder / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
+                              "coarse_label_names": [f"coarse{i}" for i in range(20)]})
+    return root
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fashion_mnist(folder: Path, train_size: int = 200, test_size: int = 50, compressed: bool = True) -> Path:
+    """The four idx files of Fashion-MNIST (``.gz`` as distributed, or raw) directly in ``folder``."""
+    rng = np.random.default_rng(2)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, size in (("train", train_size), ("t10k", test_size)):
+        labels = rng.integers(0, 10, size).astype(np.uint8)
+        images = np.clip(labels[:, None, None] * 25 + rng.integers(0, 30, (size, 28, 28)), 0, 255).astype(np.uint8)
+        for stem, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            content = _idx_bytes(array)
+            if compressed:
+                (folder / f"{stem}.gz").write_bytes(gzip.compress(content))
+            else:
+                (folder / stem).write_bytes(content)
+    return folder
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> Path:
+    return write_cifar10(tmp_path / "cifar10")
+
+
+@pytest.fixture
+def cifar100_root(tmp_path: Path) -> Path:
+    return write_cifar100(tmp_path / "cifar100")
+
+
+@pytest.fixture
+def fashion_mnist_root(tmp_path: Path) -> Path:
+    return write_fashion_mnist(tmp_path / "fashion-mnist")

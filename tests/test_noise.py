@@ -1,0 +1,442 @@
+"""Noise models, their statistics, and the noisy-label artifact (lsl.noise)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsl.errors import ConfigError
+from lsl.noise import (
+    AsymmetricCIFAR10Noise,
+    HumanNoise,
+    MatrixNoise,
+    NoiseModel,
+    NoNoise,
+    PairFlipNoise,
+    SymmetricNoise,
+    load_or_create_noisy_labels,
+    realised_flip_rate,
+    realised_transition_matrix,
+)
+
+K = 10
+N = 20_000
+CIFAR_N_DIR = Path(__file__).resolve().parents[2] / "shared/data/cifar-n"
+
+
+@pytest.fixture(scope="module")
+def clean() -> np.ndarray:
+    return np.random.default_rng(1234).integers(0, K, size=N)
+
+
+@pytest.fixture
+def matrix_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    transition = 0.7 * np.eye(K) + 0.3 * rng.dirichlet(np.ones(K), size=K)
+    path = tmp_path / "T.csv"
+    np.savetxt(path, transition, delimiter=",")
+    return path
+
+
+def all_models(matrix_file: Path) -> list[NoiseModel]:
+    return [
+        NoNoise(),
+        SymmetricNoise(0.2),
+        SymmetricNoise(0.2, convention="redraw"),
+        AsymmetricCIFAR10Noise(0.4),
+        PairFlipNoise(0.3),
+        MatrixNoise(str(matrix_file)),
+    ]
+
+
+def four_standard_errors(transition: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    per_class = np.bincount(clean, minlength=transition.shape[0])[:, None]
+    return 4 * np.sqrt(transition * (1 - transition) / per_class) + 1e-12
+
+
+# ------------------------------------------------------------------ transition matrices
+
+
+def test_every_model_gives_a_row_stochastic_float64_matrix(matrix_file):
+    for model in all_models(matrix_file):
+        transition = model.transition_matrix(K)
+        assert transition.shape == (K, K) and transition.dtype == np.float64, model
+        assert (transition >= 0).all(), model
+        np.testing.assert_allclose(transition.sum(axis=1), 1.0, atol=1e-12, err_msg=repr(model))
+
+
+def test_symmetric_flip_and_redraw_entries():
+    rate = 0.2
+    flip = SymmetricNoise(rate, convention="flip").transition_matrix(K)
+    redraw = SymmetricNoise(rate, convention="redraw").transition_matrix(K)
+    off_diagonal = ~np.eye(K, dtype=bool)
+    np.testing.assert_allclose(np.diag(flip), 1 - rate)
+    np.testing.assert_allclose(flip[off_diagonal], rate / (K - 1))
+    np.testing.assert_allclose(np.diag(redraw), 1 - rate + rate / K)
+    np.testing.assert_allclose(redraw[off_diagonal], rate / K)
+
+
+def test_flip_rate_rho_equals_redraw_alpha_k_rho_over_k_minus_1():
+    rho = 0.3
+    flip = SymmetricNoise(rho, convention="flip").transition_matrix(K)
+    redraw = SymmetricNoise(K * rho / (K - 1), convention="redraw").transition_matrix(K)
+    np.testing.assert_allclose(flip, redraw, atol=1e-12)
+
+
+def test_pair_flip_moves_class_i_to_the_next_one():
+    rate = 0.3
+    transition = PairFlipNoise(rate).transition_matrix(4)
+    for i in range(4):
+        expected = np.zeros(4)
+        expected[i] = 1 - rate
+        expected[(i + 1) % 4] = rate
+        np.testing.assert_allclose(transition[i], expected)
+
+
+def test_asymmetric_cifar10_flips_the_patrini_pairs_only():
+    rate = 0.4
+    transition = AsymmetricCIFAR10Noise(rate).transition_matrix(K)
+    flips = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    for i in range(K):
+        expected = np.zeros(K)
+        if i in flips:
+            expected[i] = 1 - rate
+            expected[flips[i]] = rate
+        else:
+            expected[i] = 1.0
+        np.testing.assert_allclose(transition[i], expected, err_msg=f"row {i}")
+
+
+def test_no_noise_is_the_identity_and_keeps_labels(clean):
+    np.testing.assert_array_equal(NoNoise().transition_matrix(K), np.eye(K))
+    np.testing.assert_array_equal(NoNoise().corrupt(clean, K, seed=0), clean)
+
+
+def test_matrix_noise_reads_the_file(matrix_file):
+    expected = np.loadtxt(matrix_file, delimiter=",")
+    np.testing.assert_allclose(MatrixNoise(str(matrix_file)).transition_matrix(K), expected)
+
+
+# ------------------------------------------------------------------ drawn labels
+
+
+def test_realised_matrix_is_within_four_standard_errors_of_t(clean, matrix_file):
+    for model in all_models(matrix_file):
+        noisy = model.corrupt(clean, K, seed=3)
+        assert noisy.dtype == np.int64 and noisy.shape == clean.shape
+        transition = model.transition_matrix(K)
+        realised = realised_transition_matrix(clean, noisy, K)
+        assert np.all(np.abs(realised - transition) <= four_standard_errors(transition, clean)), model
+        np.testing.assert_allclose(realised, transition, atol=0.05, err_msg=repr(model))
+
+
+def test_realised_flip_rate_matches_the_nominal_rate(clean, matrix_file):
+    for model in all_models(matrix_file):
+        nominal = float(np.mean(1 - np.diag(model.transition_matrix(K))[clean]))
+        realised = realised_flip_rate(clean, model.corrupt(clean, K, seed=5))
+        assert abs(realised - nominal) <= 4 * np.sqrt(nominal * (1 - nominal) / N) + 1e-12, model
+
+
+def test_redraw_changes_only_rate_times_k_minus_1_over_k_of_the_labels(clean):
+    rate = 0.2
+    realised = realised_flip_rate(clean, SymmetricNoise(rate, "redraw").corrupt(clean, K, seed=0))
+    effective = rate * (K - 1) / K
+    assert abs(realised - effective) <= 4 * np.sqrt(effective * (1 - effective) / N)
+    flip_realised = realised_flip_rate(clean, SymmetricNoise(rate, "flip").corrupt(clean, K, seed=0))
+    assert abs(flip_realised - rate) <= 4 * np.sqrt(rate * (1 - rate) / N)
+
+
+def test_flipped_labels_never_keep_their_class_under_flip_convention(clean):
+    noisy = SymmetricNoise(1.0).corrupt(clean, K, seed=0)
+    assert np.all(noisy != clean)
+    assert set(np.unique(noisy)) == set(range(K))
+
+
+def test_same_seed_same_labels_other_seed_other_labels(clean):
+    model = SymmetricNoise(0.2)
+    first = model.corrupt(clean, K, seed=11)
+    np.testing.assert_array_equal(first, SymmetricNoise(0.2).corrupt(clean, K, seed=11))
+    assert np.mean(first != model.corrupt(clean, K, seed=12)) > 0.1
+
+
+def test_draw_ignores_global_numpy_and_torch_seeds(clean):
+    model = PairFlipNoise(0.3)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    first = model.corrupt(clean, K, seed=2)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    np.random.random(1000)
+    np.testing.assert_array_equal(first, model.corrupt(clean, K, seed=2))
+
+
+def test_realised_statistics_on_a_hand_example():
+    clean = np.array([0, 0, 0, 0, 2, 2])
+    noisy = np.array([0, 1, 1, 0, 2, 0])
+    realised = realised_transition_matrix(clean, noisy, 3)
+    np.testing.assert_allclose(realised[0], [0.5, 0.5, 0.0])
+    np.testing.assert_array_equal(realised[1], [0.0, 0.0, 0.0])  # no clean-1 sample: row stays zero
+    np.testing.assert_allclose(realised[2], [0.5, 0.0, 0.5])
+    assert realised_flip_rate(clean, noisy) == pytest.approx(3 / 6)
+
+
+# ------------------------------------------------------------------ spec and slug
+
+
+def test_specs_are_json_and_slugs_are_distinct_and_filename_safe(matrix_file, tmp_path):
+    other_matrix = tmp_path / "other" / "T.csv"
+    other_matrix.parent.mkdir()
+    np.savetxt(other_matrix, PairFlipNoise(0.1).transition_matrix(K), delimiter=",")
+    models = all_models(matrix_file) + [MatrixNoise(str(other_matrix)), SymmetricNoise(0.3)]
+    slugs = [model.slug() for model in models]
+    assert len(set(slugs)) == len(slugs), slugs
+    for model, slug in zip(models, slugs):
+        assert slug.replace("-", "").replace(".", "").replace("_", "").isalnum(), slug
+        spec = json.loads(json.dumps(model.spec()))
+        assert {"name", "convention"} <= spec.keys()
+    assert SymmetricNoise(0.2, "redraw").spec()["convention"] == "redraw"
+    assert "redraw" in SymmetricNoise(0.2, "redraw").slug()
+    assert SymmetricNoise(0.2).slug() == "symmetric-flip-0.2"
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("rate", [1.5, -0.1])
+@pytest.mark.parametrize("model", [SymmetricNoise, AsymmetricCIFAR10Noise, PairFlipNoise])
+def test_rate_outside_0_1_is_refused_with_its_value(model, rate):
+    with pytest.raises(ConfigError, match=rf"rate={rate}.*outside \[0, 1\]"):
+        model(rate)
+
+
+def test_other_bad_arguments_are_refused(clean):
+    with pytest.raises(ConfigError, match="convention='uniform'"):
+        SymmetricNoise(0.2, convention="uniform")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="num_classes=100"):
+        AsymmetricCIFAR10Noise(0.2).transition_matrix(100)
+    with pytest.raises(ConfigError, match="seed=-1"):
+        SymmetricNoise(0.2).corrupt(clean, K, seed=-1)
+    with pytest.raises(ConfigError, match="labels must lie in"):
+        SymmetricNoise(0.2).corrupt(clean, 5, seed=0)
+
+
+def test_matrix_noise_refuses_a_missing_or_non_stochastic_file(tmp_path, matrix_file):
+    with pytest.raises(ConfigError, match="does not exist"):
+        MatrixNoise(str(tmp_path / "absent.npy"))
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((3, 3), 0.5))
+    with pytest.raises(ConfigError, match="sums to 1.5"):
+        MatrixNoise(str(bad))
+    with pytest.raises(ConfigError, match="give a 5x5 matrix"):
+        MatrixNoise(str(matrix_file)).transition_matrix(5)
+
+
+# ------------------------------------------------------------------ the artifact
+
+
+def create(noise: NoiseModel, clean: np.ndarray, directory: Path, seed: int = 0):
+    return load_or_create_noisy_labels(noise, clean, K, dataset="toy", split="train", seed=seed, directory=directory)
+
+
+def test_artifact_is_written_once_with_a_complete_sidecar(clean, tmp_path):
+    noise = SymmetricNoise(0.2, "redraw")
+    directory = tmp_path / "labels"
+    artifact = create(noise, clean, directory, seed=4)
+    assert artifact.path == directory / f"toy-train-{noise.slug()}-seed4.npy"
+    assert sorted(p.name for p in directory.iterdir()) == [artifact.path.stem + ".json", artifact.path.name]
+    np.testing.assert_array_equal(artifact.labels, noise.corrupt(clean, K, seed=4))
+    np.testing.assert_array_equal(np.load(artifact.path), artifact.labels)
+
+    metadata = json.loads(artifact.path.with_suffix(".json").read_text())
+    assert metadata == artifact.metadata
+    transition = noise.transition_matrix(K)
+    assert metadata["dataset"] == "toy" and metadata["split"] == "train" and metadata["seed"] == 4
+    assert metadata["num_classes"] == K and metadata["num_samples"] == N
+    assert metadata["noise"] == noise.spec() and metadata["noise"]["convention"] == "redraw"
+    assert metadata["nominal_rate"] == pytest.approx(np.mean(1 - np.diag(transition)[clean]))
+    assert metadata["realised_rate"] == pytest.approx(realised_flip_rate(clean, artifact.labels))
+    np.testing.assert_allclose(metadata["transition_matrix"], transition)
+    np.testing.assert_allclose(
+        metadata["realised_transition_matrix"], realised_transition_matrix(clean, artifact.labels, K)
+    )
+    assert artifact.sha256 == hashlib.sha256(artifact.labels.astype("<i8").tobytes()).hexdigest()
+    assert metadata["clean_sha256"] == hashlib.sha256(clean.astype("<i8").tobytes()).hexdigest()
+
+
+def test_second_call_reads_the_file_without_rewriting_it(clean, tmp_path):
+    first = create(PairFlipNoise(0.3), clean, tmp_path)
+    json_path = first.path.with_suffix(".json")
+    stamps = (first.path.stat().st_mtime_ns, json_path.stat().st_mtime_ns)
+    second = create(PairFlipNoise(0.3), clean, tmp_path)
+    assert (first.path.stat().st_mtime_ns, json_path.stat().st_mtime_ns) == stamps
+    np.testing.assert_array_equal(first.labels, second.labels)
+    assert second.metadata["created"] == first.metadata["created"]
+
+
+def test_other_seed_gives_another_artifact(clean, tmp_path):
+    first = create(SymmetricNoise(0.2), clean, tmp_path, seed=0)
+    second = create(SymmetricNoise(0.2), clean, tmp_path, seed=1)
+    assert first.path != second.path and first.sha256 != second.sha256
+
+
+def test_an_edited_label_fails_the_checksum(clean, tmp_path):
+    artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    edited = artifact.labels.copy()
+    edited[0] = (edited[0] + 1) % K
+    np.save(artifact.path, edited)
+    with pytest.raises(ConfigError, match=r"checksum.*delete .*\.npy.* and .*\.json"):
+        create(SymmetricNoise(0.2), clean, tmp_path)
+
+
+def test_a_truncated_npy_is_refused(clean, tmp_path):
+    artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    content = artifact.path.read_bytes()
+    artifact.path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(ConfigError, match="unreadable or truncated"):
+        create(SymmetricNoise(0.2), clean, tmp_path)
+
+
+def test_a_missing_or_corrupt_sidecar_is_refused(clean, tmp_path):
+    artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    json_path = artifact.path.with_suffix(".json")
+    json_path.write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        create(SymmetricNoise(0.2), clean, tmp_path)
+    json_path.unlink()
+    with pytest.raises(ConfigError, match="sidecar .* is missing"):
+        create(SymmetricNoise(0.2), clean, tmp_path)
+    assert not json_path.exists()  # refused, not regenerated
+
+
+def test_other_clean_labels_are_refused(clean, tmp_path):
+    create(SymmetricNoise(0.2), clean, tmp_path)
+    shuffled = np.random.default_rng(0).permutation(clean)
+    with pytest.raises(ConfigError, match="other clean labels"):
+        create(SymmetricNoise(0.2), shuffled, tmp_path)
+
+
+def test_a_sidecar_without_labels_is_refilled_only_if_the_draw_agrees(clean, tmp_path):
+    artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    artifact.path.unlink()
+    again = create(SymmetricNoise(0.2), clean, tmp_path)
+    np.testing.assert_array_equal(again.labels, artifact.labels)
+    again.path.unlink()
+    json_path = again.path.with_suffix(".json")
+    json_path.write_text(json.dumps({**again.metadata, "sha256": "0" * 64}))
+    with pytest.raises(ConfigError, match="drawing again gives"):
+        create(SymmetricNoise(0.2), clean, tmp_path)
+
+
+def test_no_temporary_files_are_left_behind(clean, tmp_path):
+    create(SymmetricNoise(0.2), clean, tmp_path, seed=0)
+    create(SymmetricNoise(0.2), clean, tmp_path, seed=0)
+    create(NoNoise(), clean, tmp_path, seed=0)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 4 and all(name.endswith((".npy", ".json")) and not name.startswith(".") for name in names)
+
+
+def _race_worker(directory: str, clean: np.ndarray, barrier, results) -> None:
+    barrier.wait()
+    artifact = load_or_create_noisy_labels(
+        SymmetricNoise(0.4), clean, K, dataset="toy", split="train", seed=9, directory=directory
+    )
+    results.put(artifact.labels)
+
+
+def test_racing_processes_end_with_one_valid_artifact(clean, tmp_path):
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    barrier = context.Barrier(4)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_race_worker, args=(str(tmp_path), clean, barrier, results)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    labels = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    for other in labels[1:]:
+        np.testing.assert_array_equal(labels[0], other)
+    assert len(list(tmp_path.iterdir())) == 2
+    reread = load_or_create_noisy_labels(
+        SymmetricNoise(0.4), clean, K, dataset="toy", split="train", seed=9, directory=tmp_path
+    )
+    np.testing.assert_array_equal(reread.labels, labels[0])
+
+
+# ------------------------------------------------------------------ CIFAR-N human noise
+
+
+@pytest.fixture
+def fake_cifar10n(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    clean_label = rng.integers(0, K, size=500)
+    content = {"clean_label": clean_label}
+    for key, rate in [("aggre_label", 0.1), ("worse_label", 0.4), ("random_label1", 0.2)]:
+        content[key] = SymmetricNoise(rate).corrupt(clean_label, K, seed=len(key))
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save(content, path)
+    return path, content
+
+
+def test_human_noise_returns_the_file_labels(fake_cifar10n):
+    path, content = fake_cifar10n
+    noise = HumanNoise(str(path), key="worse_label")
+    noisy = noise.corrupt(content["clean_label"], K, seed=0)
+    assert noisy.dtype == np.int64
+    np.testing.assert_array_equal(noisy, content["worse_label"])
+    np.testing.assert_array_equal(noise.corrupt(content["clean_label"], K, seed=1), noisy)
+    np.testing.assert_allclose(
+        noise.transition_matrix(K), realised_transition_matrix(content["clean_label"], noisy, K)
+    )
+
+
+def test_human_noise_artifact_round_trip(fake_cifar10n, tmp_path):
+    path, content = fake_cifar10n
+    artifact = load_or_create_noisy_labels(
+        HumanNoise(str(path), "aggre_label"), content["clean_label"], K,
+        dataset="cifar10", split="train", seed=0, directory=tmp_path / "labels",
+    )
+    np.testing.assert_array_equal(artifact.labels, content["aggre_label"])
+    assert artifact.metadata["nominal_rate"] == pytest.approx(artifact.metadata["realised_rate"])
+
+
+def test_human_noise_unknown_key_lists_the_file_keys(fake_cifar10n):
+    path, _ = fake_cifar10n
+    with pytest.raises(ConfigError, match=r"key='noisy_label'.*aggre_label.*worse_label"):
+        HumanNoise(str(path), key="noisy_label")
+
+
+def test_human_noise_refuses_labels_that_do_not_line_up(fake_cifar10n):
+    path, content = fake_cifar10n
+    noise = HumanNoise(str(path))
+    shuffled = np.random.default_rng(1).permutation(content["clean_label"])
+    with pytest.raises(ConfigError, match="do not line up"):
+        noise.corrupt(shuffled, K, seed=0)
+    with pytest.raises(ConfigError, match="do not line up"):
+        noise.corrupt(content["clean_label"][:-1], K, seed=0)
+
+
+def test_human_noise_missing_file_says_where_to_get_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist.*noisylabels\.com"):
+        HumanNoise(str(tmp_path / "CIFAR-10_human.pt"))
+
+
+def test_real_cifar10n_noise_rates():
+    path = CIFAR_N_DIR / "CIFAR-10_human.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    for key, published_rate in [("worse_label", 0.402), ("aggre_label", 0.09)]:
+        noise = HumanNoise(str(path), key=key)
+        noisy = noise.corrupt(noise.clean_labels, K, seed=0)
+        assert realised_flip_rate(noise.clean_labels, noisy) == pytest.approx(published_rate, abs=0.001)
+        transition = noise.transition_matrix(K)
+        nominal = np.mean(1 - np.diag(transition)[noise.clean_labels])
+        assert nominal == pytest.approx(published_rate, abs=0.001)
