@@ -26,7 +26,7 @@ class LSLCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.transition_matrix", "model.init_args.transition_matrix", apply_on="instantiate")
+        parser.link_arguments("data.init_args.noise", "model.init_args.noise", apply_on="parse")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -42,6 +42,20 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except ConfigError as error:
-        print(f"lsl: error: {error}", file=sys.stderr)
+    except Exception as error:
+        config_error = _config_error_behind(error)
+        if config_error is None:
+            raise
+        print(f"lsl: error: {config_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _config_error_behind(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError that caused ``error``: jsonargparse wraps errors raised while it instantiates classes."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConfigError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -335,7 +336,7 @@ class ImageFolder(ImageSource):
         self.train_dir = train_dir
         self.test_dir = test_dir
         self.image_size = image_size
-        self.name = f"imagefolder-{self.root.name}"
+        self.name = "imagefolder-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.root.name)
 
     @cached_property
     def classes(self) -> list[str]:
@@ -358,7 +359,12 @@ class ImageFolder(ImageSource):
         from torchvision.datasets import ImageFolder as TorchvisionImageFolder
 
         folder = TorchvisionImageFolder(str(self.root / (self.train_dir if train else self.test_dir)))
-        return DecodedImages(folder, self.transform(augment)), np.asarray(folder.targets, dtype=np.int64)
+        unknown = sorted(set(folder.classes) - set(self.classes))
+        if unknown:
+            raise ConfigError(f"{self.root / self.test_dir} has classes that {self.train_dir}/ lacks: {unknown[:5]}")
+        # torchvision numbers each split's classes on its own; number them as the training split does.
+        to_training_index = np.array([self.classes.index(name) for name in folder.classes], dtype=np.int64)
+        return DecodedImages(folder, self.transform(augment)), to_training_index[np.asarray(folder.targets)]
 
     def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
         raise NotImplementedError("ImageFolder decodes each image when its batch is fetched")
@@ -376,13 +382,20 @@ class ImageFolder(ImageSource):
 
 
 class NoisyDataset(Dataset):
-    """Images with noisy and clean labels; fetches whole batches at once (``__getitems__``)."""
+    """Samples ``indices`` of a split, with noisy and clean labels; fetches whole batches (``__getitems__``).
 
-    def __init__(self, images, noisy: np.ndarray, clean: np.ndarray, indices: np.ndarray) -> None:
+    ``image_rows[i]`` says where sample i's image lives in ``images`` (default: row i), so a subset of a
+    split can be used without copying or decoding its images.
+    """
+
+    def __init__(self, images, noisy: np.ndarray, clean: np.ndarray, indices: np.ndarray,
+                 image_rows: np.ndarray | None = None) -> None:
         self.images = images
         self.noisy = torch.as_tensor(noisy[indices], dtype=torch.int64)
         self.clean = torch.as_tensor(clean[indices], dtype=torch.int64)
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
+        rows = indices if image_rows is None else image_rows[indices]
+        self.image_rows = torch.as_tensor(rows, dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -390,7 +403,7 @@ class NoisyDataset(Dataset):
     def __getitems__(self, positions: list[int]) -> Batch:
         positions = torch.as_tensor(positions, dtype=torch.int64)
         noisy, clean = self.noisy[positions], self.clean[positions]
-        return Batch(self.images[self.indices[positions]], noisy, clean, self.indices[positions], noisy != clean)
+        return Batch(self.images[self.image_rows[positions]], noisy, clean, self.indices[positions], noisy != clean)
 
     def __getitem__(self, position: int) -> Batch:
         return Batch(*(field[0] for field in self.__getitems__([position])))
@@ -468,6 +481,8 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (0 is fastest for the in-memory datasets).
         augment: Apply the dataset's standard augmentation to training batches.
         artifact_dir: Where noise artifacts live; default ``<dataset root>/noisy_labels``.
+        train_subset: Train on this many images only: a fixed random subset of the training split (the
+            same for every seed), drawn before the noise, for studies sized to a CPU. None uses them all.
     """
 
     def __init__(
@@ -481,6 +496,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         augment: bool = True,
         artifact_dir: str | None = None,
+        train_subset: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -488,6 +504,8 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"{name}={value} must be a positive number of samples")
+        if train_subset is not None and train_subset < 1:
+            raise ConfigError(f"train_subset={train_subset} must be a positive number of images, or null for all")
         if num_workers < 0:
             raise ConfigError(f"num_workers={num_workers} must be 0 or more")
         self.dataset = dataset
@@ -499,6 +517,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.artifact_dir = Path(artifact_dir) if artifact_dir else dataset.root / "noisy_labels"
+        self.train_subset = train_subset
         self.noisy_labels: NoisyLabels | None = None
         self.train_set = self.val_set = self.test_set = None
 
@@ -508,14 +527,14 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         return self.dataset.num_classes
 
     @property
-    def transition_matrix(self) -> list[list[float]]:
-        """The noise model's true T (T[i, j] = P(noisy = j | clean = i)), linked by the CLI into the model."""
-        return self.noise.transition_matrix(self.num_classes).tolist()
+    def transition_matrix(self) -> np.ndarray:
+        """The noise model's true T, ``T[i, j] = P(noisy = j | clean = i)``."""
+        return self.noise.transition_matrix(self.num_classes)
 
     def prepare_data(self) -> None:
         # Runs before Lightning creates any run directory: missing data or a corrupted artifact stops here.
         self.dataset.prepare()
-        self._load_noisy_labels(self.dataset.load(train=True, augment=self.augment)[1])
+        self._load_noisy_labels(self._training_split()[1])
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and self.train_set is None:
@@ -525,17 +544,31 @@ class NoisyLabelDataModule(pl.LightningDataModule):
             self.test_set = NoisyDataset(images, clean, clean, np.arange(len(clean)))
 
     def _setup_train_and_val(self) -> None:
-        images, clean = self.dataset.load(train=True, augment=self.augment)
+        images, clean, image_rows = self._training_split()
         noisy = self._load_noisy_labels(clean).labels
         order = np.random.default_rng([self.noise_seed, 1]).permutation(len(clean))
         num_val = int(round(self.val_fraction * len(clean)))
-        self.train_set = NoisyDataset(images, noisy, clean, np.sort(order[num_val:]))
-        self.val_set = NoisyDataset(images, noisy, clean, np.sort(order[:num_val])) if num_val else None
+        if num_val >= len(clean):
+            raise ConfigError(f"val_fraction={self.val_fraction} leaves no training images out of {len(clean)}")
+        self.train_set = NoisyDataset(images, noisy, clean, np.sort(order[num_val:]), image_rows)
+        self.val_set = NoisyDataset(images, noisy, clean, np.sort(order[:num_val]), image_rows) if num_val else None
+
+    def _training_split(self):
+        """The training images, the clean labels of the samples used, and where each one's image is."""
+        images, clean = self.dataset.load(train=True, augment=self.augment)
+        if self.train_subset is None or self.train_subset >= len(clean):
+            return images, clean, np.arange(len(clean))
+        chosen = np.sort(np.random.default_rng(0).permutation(len(clean))[: self.train_subset])
+        return images, clean[chosen], chosen
+
+    @property
+    def _artifact_name(self) -> str:
+        return self.dataset.name if self.train_subset is None else f"{self.dataset.name}-subset{self.train_subset}"
 
     def _load_noisy_labels(self, clean: np.ndarray) -> NoisyLabels:
         if self.noisy_labels is None:
             self.noisy_labels = load_or_create_noisy_labels(
-                self.noise, clean, self.num_classes, dataset=self.dataset.name, split="train",
+                self.noise, clean, self.num_classes, dataset=self._artifact_name, split="train",
                 seed=self.noise_seed, directory=self.artifact_dir,
             )
         return self.noisy_labels

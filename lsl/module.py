@@ -15,6 +15,7 @@ from lsl.data import Batch
 from lsl.errors import ConfigError
 from lsl.losses import CrossEntropy, TransitionMatrixLoss
 from lsl.models import resnet32
+from lsl.noise import NoiseModel, NoNoise
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -64,8 +65,8 @@ class Classifier(pl.LightningModule):
         scheduler: Builds the LR scheduler from the optimizer; default: the paper's steps at 32k and 48k.
         scheduler_interval: Step the scheduler every optimizer ``step`` or every ``epoch``.
         num_classes: Number of classes K; linked from the data by the CLI.
-        transition_matrix: The data's true noise transition matrix; linked from the data by the CLI and
-            given to a loss that needs one and was given none of its own.
+        noise: The data's noise model; linked from the data by the CLI. Its transition matrix (the true T)
+            goes to a loss that needs one and was given none of its own. None means clean labels.
         ece_bins: Bins of the expected calibration error.
     """
 
@@ -77,7 +78,7 @@ class Classifier(pl.LightningModule):
         scheduler: SchedulerFactory | None = paper_schedule,
         scheduler_interval: Literal["step", "epoch"] = "step",
         num_classes: int = 10,
-        transition_matrix: list[list[float]] | None = None,
+        noise: NoiseModel | None = None,
         ece_bins: int = 15,
     ) -> None:
         super().__init__()
@@ -86,8 +87,8 @@ class Classifier(pl.LightningModule):
         self.save_hyperparameters()
         self.network = backbone(num_classes)
         self.loss = loss if loss is not None else CrossEntropy()
-        if isinstance(self.loss, TransitionMatrixLoss):
-            self.loss.use_data_transition_matrix(transition_matrix)
+        if isinstance(self.loss, TransitionMatrixLoss) and not self.loss.has_own_matrix:
+            self.loss.use_data_transition_matrix((noise or NoNoise()).transition_matrix(num_classes))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._build_metrics(num_classes, ece_bins)
