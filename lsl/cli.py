@@ -23,10 +23,17 @@ class LSLCLI(LightningCLI):
     """LightningCLI with lsl's links and defaults: TensorBoard under ``logs/``, a ``last.ckpt`` every epoch."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="fit only: evaluate the final weights on the clean test set and log test/* "
+                                 "into the same run (the paper reports the last checkpoint, not the best)")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.noise", "model.init_args.noise", apply_on="parse")
+
+    def after_fit(self) -> None:
+        if self.config.fit.test_after_fit and not self.trainer.interrupted:
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
 
 
 def main(args: list[str] | None = None) -> None:

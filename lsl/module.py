@@ -39,7 +39,8 @@ class Classifier(pl.LightningModule):
     - ``train/loss`` (the strategy's loss), ``train/lr``;
     - ``{train,val}/acc_noisy`` and ``{train,val}/acc_clean``: accuracy against the noisy and the true labels;
     - ``train/memorised`` and ``train/corrected``: on the mislabelled training samples, the share predicted
-      as their noisy label and as their true label (measured on the augmented batches as they are trained);
+      as their noisy label and as their true label (measured on the augmented batches as they are trained;
+      NaN when no sample is mislabelled);
     - ``{train,val,test}/logit_norm``: mean L2 norm of the logits (label smoothing shrinks it);
     - ``val/nll`` (against the noisy labels), ``test/acc``, ``test/nll`` and ``test/ece`` (15 bins).
 
@@ -98,7 +99,7 @@ class Classifier(pl.LightningModule):
             return MulticlassAccuracy(num_classes, average="micro")
 
         self.train_metrics = MetricCollection(
-            {"acc_noisy": accuracy(), "acc_clean": accuracy(), "memorised": accuracy(), "corrected": accuracy(),
+            {"acc_noisy": accuracy(), "acc_clean": accuracy(), "memorised": MeanMetric(), "corrected": MeanMetric(),
              "logit_norm": MeanMetric()}, prefix="train/")
         self.val_metrics = MetricCollection(
             {"acc_noisy": accuracy(), "acc_clean": accuracy(), "nll": MeanMetric(), "logit_norm": MeanMetric()},
@@ -124,9 +125,10 @@ class Classifier(pl.LightningModule):
         metrics = self.train_metrics
         metrics["acc_noisy"].update(predictions, batch.noisy_target)
         metrics["acc_clean"].update(predictions, batch.clean_target)
-        mislabelled = batch.is_noisy
-        metrics["memorised"].update(predictions[mislabelled], batch.noisy_target[mislabelled])
-        metrics["corrected"].update(predictions[mislabelled], batch.clean_target[mislabelled])
+        # Weighted means over the mislabelled samples: no boolean indexing, so no host sync and no empty updates.
+        mislabelled = batch.is_noisy.float()
+        metrics["memorised"].update((predictions == batch.noisy_target).float(), weight=mislabelled)
+        metrics["corrected"].update((predictions == batch.clean_target).float(), weight=mislabelled)
         metrics["logit_norm"].update(logits.float().norm(dim=1))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

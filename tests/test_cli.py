@@ -1,0 +1,213 @@
+"""The ``lsl`` command end to end: the real console script, every config, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_cifar10, write_cifar100
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lsl import Classifier, ForwardCorrection
+from lsl.cli import main
+from lsl.noise import SymmetricNoise
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+QUICKSTART = str(CONFIGS / "quickstart.yaml")
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+CLASSIFIER_METRICS = {
+    "train/loss", "train/lr", "train/acc_noisy", "train/acc_clean", "train/memorised", "train/corrected",
+    "train/logit_norm", "val/loss", "val/acc_noisy", "val/acc_clean", "val/nll", "val/logit_norm",
+    "test/acc", "test/nll", "test/ece", "test/logit_norm",
+}
+
+
+def lsl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the installed console script, as a user would."""
+    script = Path(sys.executable).with_name("lsl")
+    return subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def assert_clean_failure(exit_code: int, stderr: str, *fragments: str) -> None:
+    assert exit_code == 2, stderr
+    assert "lsl: error:" in stderr and "Traceback" not in stderr, stderr
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+
+
+# ------------------------------------------------------------------------------------- the console script
+
+
+def test_quickstart_trains_logs_every_metric_and_tests_from_its_checkpoint(tmp_path: Path) -> None:
+    fit = lsl("fit", "--config", QUICKSTART, *QUIET, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+
+    run = tmp_path / "logs" / "quickstart" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    logged = scalars(run)
+    assert CLASSIFIER_METRICS <= set(logged)
+    assert all(np.isfinite(values).all() for values in logged.values())
+    assert len(logged["val/acc_clean"]) == 30  # one validation per epoch
+    assert logged["test/acc"][-1] > 0.5  # it learnt: chance is 0.1, and 40% of the training labels are wrong
+    assert len(list((tmp_path / "data" / "noisy_labels").glob("*.npy"))) == 1
+
+    test = lsl("test", "--config", QUICKSTART, *QUIET, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+               cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    retested = scalars(tmp_path / "logs" / "quickstart" / "version_1")
+    assert retested["test/acc"][-1] == pytest.approx(logged["test/acc"][-1], abs=1e-6)
+
+
+def test_python_dash_m_lsl_is_the_same_command(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "lsl", "fit", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "--data.help" in result.stdout
+
+
+@pytest.mark.parametrize("config, writer, folder", [
+    ("ls_cifar100.yaml", write_cifar100, "cifar-100-python"),
+    ("cifar10/bc.yaml", write_cifar10, "cifar-10-batches-py"),
+])
+def test_paper_config_trains_on_a_cifar_folder(tmp_path: Path, config: str, writer, folder: str) -> None:
+    writer(tmp_path / "data")
+    result = lsl("fit", "--config", str(CONFIGS / config), "--trainer.max_steps=20", *QUIET,
+                 "--trainer.log_every_n_steps=5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = next((tmp_path / "logs").glob("*/version_0"))
+    assert {"train/loss", "test/acc", "test/ece"} <= set(scalars(run))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_missing_data_fails_with_where_it_looked_and_writes_nothing(tmp_path: Path) -> None:
+    result = lsl("fit", "--config", str(CONFIGS / "ls_cifar100.yaml"), "--trainer.max_steps=20", cwd=tmp_path)
+    assert_clean_failure(result.returncode, result.stderr, str(Path("data") / "cifar-100-python"), "download: true")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ every config, in process
+
+
+def run_main(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
+
+
+CONFIG_FILES = sorted(path.relative_to(CONFIGS) for path in CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIG_FILES, ids=str)
+def test_every_config_parses(config: Path, capsys) -> None:
+    # Hardware overlays only make sense stacked on an experiment.
+    stack = ["-c", QUICKSTART] if config.parts[0] == "hardware" else []
+    assert run_main(["fit", *stack, "-c", str(CONFIGS / config), "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "class_path: lsl." in printed and "seed_everything" in printed
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _matrix_file(path: Path, matrix: np.ndarray) -> str:
+    np.save(path, matrix)
+    return str(path)
+
+
+def _cifar_n_file(path: Path) -> str:
+    torch.save({"clean_label": np.zeros(5, dtype=np.int64), "worse_label": np.zeros(5, dtype=np.int64)}, path)
+    return str(path)
+
+
+BAD_INPUT = {
+    "noise rate 1.5": (lambda tmp: ["--data.init_args.noise.init_args.rate=1.5"], "rate=1.5"),
+    "alpha 1": (lambda tmp: ["--model.init_args.loss.init_args.alpha=1.0"], "alpha=1.0"),
+    "T rows not summing to 1": (
+        lambda tmp: ["--data.init_args.noise=lsl.noise.MatrixNoise",
+                     f"--data.init_args.noise.init_args.path={_matrix_file(tmp / 'T.npy', np.full((10, 10), 0.2))}"],
+        "sums to 2"),
+    "T of the wrong size": (
+        lambda tmp: ["--data.init_args.noise=lsl.noise.MatrixNoise",
+                     f"--data.init_args.noise.init_args.path={_matrix_file(tmp / 'T.npy', np.eye(3))}"],
+        "10 classes"),
+    "unknown CIFAR-N key": (
+        lambda tmp: ["--data.init_args.noise=lsl.noise.HumanNoise",
+                     f"--data.init_args.noise.init_args.path={_cifar_n_file(tmp / 'human.pt')}",
+                     "--data.init_args.noise.init_args.key=aggre_labels"],
+        "aggre_labels"),
+    "negative batch size": (lambda tmp: ["--data.init_args.batch_size=-1"], "batch_size=-1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(case: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    overrides, expected = BAD_INPUT[case]
+    extra = overrides(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.iterdir())
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, *extra]) == 2
+    assert_clean_failure(2, capsys.readouterr().err, expected)
+    assert set(tmp_path.iterdir()) == before  # no logs/, no data/noisy_labels
+
+
+def test_a_corrupted_noise_artifact_is_refused_not_regenerated(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--trainer.max_steps=1", "--test_after_fit=false"]) == 0
+    artifact = next((tmp_path / "data" / "noisy_labels").glob("*.npy"))
+    labels = np.load(artifact)
+    labels[0] = (labels[0] + 1) % 10
+    np.save(artifact, labels)
+    runs_before = sorted((tmp_path / "logs" / "quickstart").iterdir())
+    capsys.readouterr()
+
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--trainer.max_steps=1"]) == 2
+    assert_clean_failure(2, capsys.readouterr().err, artifact.name, "checksum")
+    assert np.array_equal(np.load(artifact), labels)  # left as it was, for the user to look at
+    assert sorted((tmp_path / "logs" / "quickstart").iterdir()) == runs_before
+
+
+# ---------------------------------------------------------------------------------------- determinism
+
+
+def test_same_seeds_give_the_same_labels_and_metrics(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    short = ["--config", QUICKSTART, *QUIET, "--trainer.max_epochs=2", "--trainer.deterministic=true"]
+    for _ in range(2):
+        assert run_main(["fit", *short]) == 0
+    assert run_main(["fit", *short, "--seed_everything=1"]) == 0
+
+    artifacts = list((tmp_path / "data" / "noisy_labels").glob("*.npy"))
+    assert len(artifacts) == 1  # a new training seed reuses the noise artifact
+    first, second, other_seed = (scalars(tmp_path / "logs" / "quickstart" / f"version_{i}") for i in range(3))
+    assert first == second
+    assert first["train/loss"] != other_seed["train/loss"]
+
+
+def test_a_checkpoint_from_lsl_fit_loads_with_no_other_argument(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # jsonargparse carries the quickstart's alpha over to the new loss class: unset it to link the data's T.
+    overrides = ['--model.init_args.loss={"class_path": "lsl.losses.ForwardCorrection", "init_args": {"alpha": null}}',
+                 "--trainer.max_steps=3", "--test_after_fit=false"]
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, *overrides]) == 0
+    checkpoint = tmp_path / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+
+    model = Classifier.load_from_checkpoint(checkpoint)
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[name], value) for name, value in model.state_dict().items())
+    assert isinstance(model.loss, ForwardCorrection) and isinstance(model.hparams.noise, SymmetricNoise)
+    expected = SymmetricNoise(0.4).transition_matrix(10)
+    np.testing.assert_allclose(model.loss.transition_matrix.double().numpy(), expected, atol=1e-7)
