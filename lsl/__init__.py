@@ -1,17 +1,52 @@
 """lsl: label smoothing under label noise (Lukasik et al., ICML 2020), on PyTorch Lightning."""
 
-from lsl.data import NoisyLabelDataModule
+from lsl.data import CIFAR10, CIFAR100, Batch, Digits, FashionMNIST, ImageFolder, NoisyLabelDataModule
 from lsl.errors import ConfigError
-from lsl.losses import BackwardCorrection, CrossEntropy, ForwardCorrection, LabelSmearing, LabelSmoothing
+from lsl.losses import (
+    BackwardCorrection,
+    CrossEntropy,
+    ForwardCorrection,
+    LabelSmearing,
+    LabelSmoothing,
+    TransitionMatrixLoss,
+)
+from lsl.models import CifarResNet, PreActResNet18, ResNet50, SmallCNN
 from lsl.module import Classifier
+from lsl.noise import (
+    AsymmetricCIFAR10Noise,
+    HumanNoise,
+    MatrixNoise,
+    NoiseModel,
+    NoNoise,
+    PairFlipNoise,
+    SymmetricNoise,
+)
 
 __all__ = [
+    "AsymmetricCIFAR10Noise",
     "BackwardCorrection",
+    "Batch",
+    "CIFAR10",
+    "CIFAR100",
+    "CifarResNet",
     "Classifier",
     "ConfigError",
     "CrossEntropy",
+    "Digits",
+    "FashionMNIST",
     "ForwardCorrection",
+    "HumanNoise",
+    "ImageFolder",
     "LabelSmearing",
     "LabelSmoothing",
+    "MatrixNoise",
+    "NoNoise",
+    "NoiseModel",
     "NoisyLabelDataModule",
+    "PairFlipNoise",
+    "PreActResNet18",
+    "ResNet50",
+    "SmallCNN",
+    "SymmetricNoise",
+    "TransitionMatrixLoss",
 ]
