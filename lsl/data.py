@@ -66,13 +66,20 @@ class ImageSource(ABC):
     def prepare(self) -> None:
         """Download the data if that was asked for; raise ConfigError if it is still missing."""
 
-    def load(self, train: bool, augment: bool = False) -> tuple[Tensor, np.ndarray]:
-        """Return the images (uint8 [N, C, H, W]) and the clean labels (int64 [N]) of one split.
+    @abstractmethod
+    def load(self, train: bool, augment: bool = False) -> tuple[Tensor | DecodedImages, np.ndarray]:
+        """Return the images of one split, indexable by a tensor of rows, and its clean labels (int64 [N]).
 
-        Decoded once per split and kept: the data module asks for the training labels in
-        ``prepare_data`` and for the images in ``setup``. ``augment`` matters only to sources that
-        decode lazily (ImageFolder); in-memory images are augmented per batch on the device.
+        In-memory sources return uint8 [N, C, H, W] (augmented later, per batch, on the device); sources
+        too large for memory decode each batch when it is fetched, augmenting it when ``augment`` is set.
         """
+
+
+class InMemorySource(ImageSource):
+    """A dataset small enough to decode once into a uint8 tensor."""
+
+    def load(self, train: bool, augment: bool = False) -> tuple[Tensor, np.ndarray]:
+        # Kept once decoded: the data module asks for the training labels in prepare_data, the images in setup.
         if train not in self._decoded:
             self._decoded[train] = self.decode(train)
         return self._decoded[train]
@@ -86,7 +93,7 @@ class ImageSource(ABC):
         return {}
 
 
-class CIFAR10(ImageSource):
+class CIFAR10(InMemorySource):
     """CIFAR-10 (Krizhevsky 2009) from its standard ``cifar-10-batches-py`` folder.
 
     The pickled batches are read directly, so a locally rebuilt copy loads as well as the original.
@@ -189,7 +196,7 @@ class CIFAR100(CIFAR10):
         TorchvisionCIFAR100(str(self.root), download=True)
 
 
-class FashionMNIST(ImageSource):
+class FashionMNIST(InMemorySource):
     """Fashion-MNIST (Xiao et al. 2017): 28x28 grey images of 10 kinds of clothing.
 
     Reads the four original idx files (``.gz`` or not) from ``root`` itself (Debian's
@@ -265,7 +272,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape).copy()
 
 
-class Digits(ImageSource):
+class Digits(InMemorySource):
     """scikit-learn's handwritten digits (1,797 8x8 images, 10 classes): real data, offline, tiny.
 
     A fixed, stratified split (seeded by the data set's definition, not by any run seed) holds out
@@ -365,9 +372,6 @@ class ImageFolder(ImageSource):
         # torchvision numbers each split's classes on its own; number them as the training split does.
         to_training_index = np.array([self.classes.index(name) for name in folder.classes], dtype=np.int64)
         return DecodedImages(folder, self.transform(augment)), to_training_index[np.asarray(folder.targets)]
-
-    def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
-        raise NotImplementedError("ImageFolder decodes each image when its batch is fetched")
 
     def transform(self, augment: bool):
         from torchvision.transforms import v2
