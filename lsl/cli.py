@@ -20,14 +20,18 @@ from lsl.module import Classifier
 
 
 class LSLCLI(LightningCLI):
-    """LightningCLI with lsl's links and defaults: TensorBoard under ``logs/``, a ``last.ckpt`` every epoch."""
+    """LightningCLI with lsl's links and defaults: TensorBoard under ``logs/``, a ``last.ckpt`` every epoch.
+
+    Only ``last.ckpt`` is kept by default (the paper's protocol is the final model); ask for more with
+    ``--checkpoint.monitor=val/acc_noisy --checkpoint.mode=max --checkpoint.save_top_k=1``.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="fit only: evaluate the final weights on the clean test set and log test/* "
                                  "into the same run (the paper reports the last checkpoint, not the best)")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.noise", "model.init_args.noise", apply_on="parse")
 

@@ -216,8 +216,10 @@ class SmallCNN(nn.Module):
     """A small CNN for 28x28 (Fashion-MNIST) and 8x8 (scikit-learn digits) images, fast on CPU.
 
     Two conv-BN-ReLU-maxpool blocks (3x3 convs with ``width`` and ``2 * width`` filters), an adaptive average
-    pool to 2x2 (so 28x28 and 8x8 inputs share one architecture), a hidden linear layer with ``hidden`` units
-    and a linear classifier.
+    pool to ``pooled_size`` x ``pooled_size``, a hidden linear layer with ``hidden`` units and a linear
+    classifier. A 28x28 image leaves the convs as 7x7 and an 8x8 one as 2x2: ``pooled_size: 7`` keeps the
+    whole Fashion-MNIST map (enough capacity to memorise noisy labels, as a noisy-label study needs);
+    the default 2 fits both sizes.
 
     ```yaml
     model:
@@ -234,12 +236,15 @@ class SmallCNN(nn.Module):
         in_channels: Channels of the input images (1 for grayscale).
         width: Filters of the first conv; the second has twice as many.
         hidden: Units of the hidden linear layer.
+        pooled_size: Side of the feature map fed to the hidden layer.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128,
+                 pooled_size: int = 2) -> None:
         super().__init__()
-        if width < 1 or hidden < 1:
-            raise ConfigError(f"SmallCNN width={width}, hidden={hidden}: both must be positive integers")
+        if width < 1 or hidden < 1 or pooled_size < 1:
+            raise ConfigError(f"SmallCNN width={width}, hidden={hidden}, pooled_size={pooled_size}: "
+                              "all must be positive integers")
         self.features = nn.Sequential(
             _conv3x3(in_channels, width),
             nn.BatchNorm2d(width),
@@ -249,12 +254,11 @@ class SmallCNN(nn.Module):
             nn.BatchNorm2d(2 * width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            # 28x28 -> 7x7 and 8x8 -> 2x2 after the two pools; both end as 2x2 here.
-            nn.AdaptiveAvgPool2d(2),
+            nn.AdaptiveAvgPool2d(pooled_size),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(2 * width * 4, hidden),
+            nn.Linear(2 * width * pooled_size**2, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )

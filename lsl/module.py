@@ -90,6 +90,9 @@ class Classifier(pl.LightningModule):
         self.loss = loss if loss is not None else CrossEntropy()
         if isinstance(self.loss, TransitionMatrixLoss) and not self.loss.has_own_matrix:
             self.loss.use_data_transition_matrix((noise or NoNoise()).transition_matrix(num_classes))
+        # One call on dummy logits finds a loss that does not fit K (a 3x3 T for 10 classes, a singular T)
+        # now, before Lightning writes a run directory, instead of at the first training step.
+        self.loss(torch.zeros(1, num_classes), torch.zeros(1, dtype=torch.long))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._build_metrics(num_classes, ece_bins)

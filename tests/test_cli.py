@@ -211,3 +211,12 @@ def test_a_checkpoint_from_lsl_fit_loads_with_no_other_argument(tmp_path: Path, 
     assert isinstance(model.loss, ForwardCorrection) and isinstance(model.hparams.noise, SymmetricNoise)
     expected = SymmetricNoise(0.4).transition_matrix(10)
     np.testing.assert_allclose(model.loss.transition_matrix.double().numpy(), expected, atol=1e-7)
+
+
+def test_a_loss_matrix_of_the_wrong_size_fails_before_anything_is_written(tmp_path: Path, monkeypatch, capsys) -> None:
+    np.save(tmp_path / "T.npy", np.eye(3))
+    monkeypatch.chdir(tmp_path)
+    loss = f'{{"class_path": "lsl.losses.ForwardCorrection", "init_args": {{"alpha": null, "path": "{tmp_path / "T.npy"}"}}}}'
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, f"--model.init_args.loss={loss}"]) == 2
+    assert_clean_failure(2, capsys.readouterr().err, "3x3", "10 classes")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["T.npy"]
