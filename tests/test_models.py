@@ -37,6 +37,7 @@ def shortcut_modules(model: nn.Module) -> list[nn.Module]:
         (lambda: SmallCNN(10), (2, 1, 28, 28), 10),
         (lambda: SmallCNN(10), (2, 1, 8, 8), 10),
         (lambda: SmallCNN(4, in_channels=3, width=8), (2, 3, 32, 32), 4),
+        (lambda: SmallCNN(10, pooled_size=7), (2, 1, 28, 28), 10),
         (lambda: PreActResNet18(100), (2, 3, 32, 32), 100),
         (lambda: ResNet50(1000), (1, 3, 64, 64), 1000),
     ],
