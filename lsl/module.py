@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable, Literal
 
 import lightning.pytorch as pl
@@ -85,7 +86,10 @@ class Classifier(pl.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # Lightning suggests ignoring nn.Module arguments; the loss must stay, so checkpoints rebuild it.
+            warnings.filterwarnings("ignore", message="Attribute 'loss' is an instance of `nn.Module`")
+            self.save_hyperparameters()
         self.network = backbone(num_classes)
         self.loss = loss if loss is not None else CrossEntropy()
         if isinstance(self.loss, TransitionMatrixLoss) and not self.loss.has_own_matrix:
