@@ -11,8 +11,6 @@ import sys
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
-from lightning.pytorch.loggers import TensorBoardLogger
-from jsonargparse import lazy_instance
 
 from lsl.data import NoisyLabelDataModule
 from lsl.errors import ConfigError
@@ -31,9 +29,21 @@ class LSLCLI(LightningCLI):
                             help="fit only: evaluate the final weights on the clean test set and log test/* "
                                  "into the same run (the paper reports the last checkpoint, not the best)")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 0,
+            # A plain config, not a lazy_instance: ddp_spawn pickles the trainer, and lazy instances cannot be.
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": "logs", "name": "default", "default_hp_metric": False}},
+        })
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.noise", "model.init_args.noise", apply_on="parse")
+
+    def before_fit(self) -> None:
+        # Fix each logger's version_N now: with ddp_spawn the fit runs in child processes, and a version
+        # first resolved after them would put the test-after-fit metrics into a new version_N+1.
+        for logger in self.trainer.loggers:
+            _ = logger.version
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit and not self.trainer.interrupted:
@@ -48,8 +58,6 @@ def main(args: list[str] | None = None) -> None:
             NoisyLabelDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            trainer_defaults={"logger": lazy_instance(TensorBoardLogger, save_dir="logs", name="default",
-                                                      default_hp_metric=False)},
             save_config_kwargs={"overwrite": True},
             args=args,
         )

@@ -220,3 +220,12 @@ def test_a_loss_matrix_of_the_wrong_size_fails_before_anything_is_written(tmp_pa
     assert run_main(["fit", "--config", QUICKSTART, *QUIET, f"--model.init_args.loss={loss}"]) == 2
     assert_clean_failure(2, capsys.readouterr().err, "3x3", "10 classes")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["T.npy"]
+
+
+def test_ddp_spawn_on_two_cpu_processes(tmp_path: Path) -> None:
+    # ddp_spawn pickles the trainer and the modules: a regression test for anything unpicklable in them.
+    result = lsl("fit", "--config", QUICKSTART, *QUIET, "--trainer.max_epochs=1", "--trainer.strategy=ddp_spawn",
+                 "--trainer.devices=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in scalars(tmp_path / "logs" / "quickstart" / "version_0")
+    assert len(list((tmp_path / "data" / "noisy_labels").glob("*.npy"))) == 1
