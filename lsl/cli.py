@@ -8,13 +8,37 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
 
 from lsl.data import NoisyLabelDataModule
 from lsl.errors import ConfigError
 from lsl.module import Classifier
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Saves what ``lsl predict`` computes to ``<run dir>/<filename>``, a ``torch.save`` dict of the
+    test set's ``probabilities`` [N, K], ``index`` [N] and clean ``target`` [N] (one file per rank under DDP).
+
+    Args:
+        filename: File name inside the run directory.
+    """
+
+    def __init__(self, filename: str = "predictions.pt") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions, batch_indices) -> None:
+        outputs = {key: torch.cat([batch[key] for batch in predictions]).cpu() for key in predictions[0]}
+        path = Path(trainer.log_dir or ".") / self.filename
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(outputs, path)
 
 
 class LSLCLI(LightningCLI):
@@ -29,6 +53,7 @@ class LSLCLI(LightningCLI):
                             help="fit only: evaluate the final weights on the clean test set and log test/* "
                                  "into the same run (the paper reports the last checkpoint, not the best)")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": 0,

@@ -156,8 +156,10 @@ class Classifier(pl.LightningModule):
         self.test_metrics["ece"].update(logits.softmax(dim=1), batch.clean_target)
         self.log_dict(self.test_metrics, on_epoch=True)
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self(batch.input).softmax(dim=1)
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """Class probabilities, with the sample indices and clean targets they belong to."""
+        return {"probabilities": self(batch.input).float().softmax(dim=1), "index": batch.index,
+                "target": batch.clean_target}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

@@ -229,3 +229,17 @@ def test_ddp_spawn_on_two_cpu_processes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc" in scalars(tmp_path / "logs" / "quickstart" / "version_0")
     assert len(list((tmp_path / "data" / "noisy_labels").glob("*.npy"))) == 1
+
+
+def test_predict_writes_the_test_probabilities_into_its_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--trainer.max_epochs=2"]) == 0
+    checkpoint = tmp_path / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    assert run_main(["predict", "--config", QUICKSTART, *QUIET, f"--ckpt_path={checkpoint}"]) == 0
+
+    predicted = torch.load(tmp_path / "logs" / "quickstart" / "version_1" / "predictions.pt", weights_only=True)
+    probabilities, index, target = predicted["probabilities"], predicted["index"], predicted["target"]
+    assert probabilities.shape == (360, 10) and torch.equal(index, torch.arange(360))
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(360))
+    accuracy = (probabilities.argmax(dim=1) == target).float().mean().item()
+    assert accuracy == pytest.approx(scalars(checkpoint.parents[1])["test/acc"][-1], abs=1e-6)

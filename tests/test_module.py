@@ -273,8 +273,9 @@ def test_epoch_metrics_through_trainer_match_hand_computation(data, tmp_path):
 def test_predict_step_returns_probabilities(data):
     logits, clean, noisy = data
     model = fixed_classifier(logits)
-    probs = model.predict_step(hand_batch(logits, clean, noisy, 5, 25), 0)
-    assert_close(probs, torch.softmax(logits[5:25], dim=1), atol=1e-6, rtol=1e-6)
+    predicted = model.predict_step(hand_batch(logits, clean, noisy, 5, 25), 0)
+    assert_close(predicted["probabilities"], torch.softmax(logits[5:25], dim=1), atol=1e-6, rtol=1e-6)
+    assert torch.equal(predicted["index"], torch.arange(5, 25)) and torch.equal(predicted["target"], clean[5:25])
 
 
 # ------------------------------------------------------------------- bug: batches without mislabelled samples
@@ -570,7 +571,7 @@ def test_fit_validate_test_on_digits_log_slash_namespaced_finite_metrics(tmp_pat
     assert tested["test/nll"] == pytest.approx(cross_entropy_by_hand(logits, targets).mean().item(), abs=1e-4)
     assert tested["test/ece"] == pytest.approx(hand_ece(probs, targets), abs=1e-4)
     assert tested["test/logit_norm"] == pytest.approx(logits.double().norm(dim=1).mean().item(), rel=1e-5)
-    predicted = torch.cat(trainer.predict(model, datamodule=data))
+    predicted = torch.cat([batch["probabilities"] for batch in trainer.predict(model, datamodule=data)])
     assert_close(predicted.double(), probs, atol=1e-5, rtol=1e-5)
 
 
