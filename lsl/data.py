@@ -363,6 +363,17 @@ class ImageFolder(ImageSource):
                 )
 
     def load(self, train: bool, augment: bool = False) -> tuple[DecodedImages, np.ndarray]:
+        # The file listing is kept: prepare_data and setup both ask, and an ImageNet tree takes a while to scan.
+        if train not in self._scanned:
+            self._scanned[train] = self._scan(train)
+        folder, labels = self._scanned[train]
+        return DecodedImages(folder, self.transform(augment)), labels
+
+    @cached_property
+    def _scanned(self) -> dict:
+        return {}
+
+    def _scan(self, train: bool):
         from torchvision.datasets import ImageFolder as TorchvisionImageFolder
 
         folder = TorchvisionImageFolder(str(self.root / (self.train_dir if train else self.test_dir)))
@@ -371,7 +382,7 @@ class ImageFolder(ImageSource):
             raise ConfigError(f"{self.root / self.test_dir} has classes that {self.train_dir}/ lacks: {unknown[:5]}")
         # torchvision numbers each split's classes on its own; number them as the training split does.
         to_training_index = np.array([self.classes.index(name) for name in folder.classes], dtype=np.int64)
-        return DecodedImages(folder, self.transform(augment)), to_training_index[np.asarray(folder.targets)]
+        return folder, to_training_index[np.asarray(folder.targets)]
 
     def transform(self, augment: bool):
         from torchvision.transforms import v2
@@ -523,6 +534,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.artifact_dir = Path(artifact_dir) if artifact_dir else dataset.root / "noisy_labels"
         self.train_subset = train_subset
         self.noisy_labels: NoisyLabels | None = None
+        self._normalisation: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.train_set = self.val_set = self.test_set = None
 
     @property
@@ -603,6 +615,10 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         return batch._replace(input=self._normalise(images))
 
     def _normalise(self, images: Tensor) -> Tensor:
-        mean = torch.tensor(self.dataset.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.dataset.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255 - mean) / std
+        """(x / 255 - mean) / std as one multiply-add, with the constants made once per device, not per batch."""
+        if images.device not in self._normalisation:
+            mean = torch.tensor(self.dataset.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.dataset.std, dtype=torch.float32).view(1, -1, 1, 1)
+            self._normalisation[images.device] = ((1 / (255 * std)).to(images.device), (-mean / std).to(images.device))
+        scale, shift = self._normalisation[images.device]
+        return torch.addcmul(shift, images.float(), scale)
