@@ -560,7 +560,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
             self.test_set = NoisyDataset(images, clean, clean, np.arange(len(clean)))
 
     def _setup_train_and_val(self) -> None:
-        images, clean, image_rows = self._training_split()
+        images, clean, image_rows = self._training_split(self.augment)
         noisy = self._load_noisy_labels(clean).labels
         order = np.random.default_rng([self.noise_seed, 1]).permutation(len(clean))
         num_val = int(round(self.val_fraction * len(clean)))
@@ -569,9 +569,35 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.train_set = NoisyDataset(images, noisy, clean, np.sort(order[num_val:]), image_rows)
         self.val_set = NoisyDataset(images, noisy, clean, np.sort(order[:num_val]), image_rows) if num_val else None
 
-    def _training_split(self):
+    def unaugmented_training_samples(self) -> NoisyDataset:
+        """Every sample of the training split (the validation part too), in index order, never augmented.
+
+        Batches fetched from it still need :meth:`preprocess` with ``augment=False``.
+        """
+        images, clean, image_rows = self._training_split(augment=False)
+        noisy = self._load_noisy_labels(clean).labels
+        return NoisyDataset(images, noisy, clean, np.arange(len(clean)), image_rows)
+
+    def fingerprint(self) -> dict:
+        """What identifies the training labels: the dataset (and subset), K, the noise and its artifact's sha256.
+
+        A classifier records it in its checkpoints, so a distillation student can check that its teacher
+        learnt from the same noisy labels.
+        """
+        noisy_labels = self._load_noisy_labels(self._training_split()[1])
+        return {"dataset": self._artifact_name, "num_classes": self.num_classes, "noise": self.noise.spec(),
+                "noise_seed": self.noise_seed, "noisy_labels_sha256": noisy_labels.sha256}
+
+    @property
+    def eval_transform(self) -> str:
+        """The un-augmented transform of the training images, as text (part of the teacher-logit cache key)."""
+        if isinstance(self.dataset, ImageFolder):
+            return repr(self.dataset.transform(augment=False))
+        return f"x / 255, normalised by mean {list(self.dataset.mean)}, std {list(self.dataset.std)}"
+
+    def _training_split(self, augment: bool = False):
         """The training images, the clean labels of the samples used, and where each one's image is."""
-        images, clean = self.dataset.load(train=True, augment=self.augment)
+        images, clean = self.dataset.load(train=True, augment=augment)
         if self.train_subset is None or self.train_subset >= len(clean):
             return images, clean, np.arange(len(clean))
         chosen = np.sort(np.random.default_rng(0).permutation(len(clean))[: self.train_subset])
@@ -607,10 +633,15 @@ class NoisyLabelDataModule(pl.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(batch, augment=self.augment and training)
+
+    def preprocess(self, batch: Batch, augment: bool) -> Batch:
+        """The device-side transform of a fetched batch: augmentation (if asked) and normalisation."""
         if batch.input.dtype != torch.uint8:  # already a float tensor (ImageFolder)
             return batch
         images = batch.input
-        if self.augment and self.trainer is not None and self.trainer.training:
+        if augment:
             images = random_crop_flip(images, self.dataset.crop_padding, self.dataset.flip)
         return batch._replace(input=self._normalise(images))
 

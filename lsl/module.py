@@ -100,6 +100,7 @@ class Classifier(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._build_metrics(num_classes, ece_bins)
+        self.data_fingerprint: dict | None = None  # read back from a checkpoint: see on_save_checkpoint
 
     def _build_metrics(self, num_classes: int, ece_bins: int) -> None:
         def accuracy() -> MulticlassAccuracy:
@@ -120,12 +121,16 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         logits = self(batch.input)
-        loss = self.loss(logits, batch.noisy_target)
+        loss = self.training_loss(logits, batch)
         self._update_train_metrics(logits.detach(), batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
+
+    def training_loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """The loss to minimise on a training batch: the strategy's loss on the noisy labels."""
+        return self.loss(logits, batch.noisy_target)
 
     def _update_train_metrics(self, logits: Tensor, batch: Batch) -> None:
         predictions = logits.argmax(dim=1)
@@ -160,6 +165,15 @@ class Classifier(pl.LightningModule):
         """Class probabilities, with the sample indices and clean targets they belong to."""
         return {"probabilities": self(batch.input).float().softmax(dim=1), "index": batch.index,
                 "target": batch.clean_target}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Which noisy labels these weights learnt from, so that a distillation student can check its teacher.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(datamodule, "fingerprint"):
+            checkpoint["lsl_data"] = datamodule.fingerprint()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_fingerprint = checkpoint.get("lsl_data")
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
