@@ -1,6 +1,7 @@
 """lsl: label smoothing under label noise (Lukasik et al., ICML 2020), on PyTorch Lightning."""
 
 from lsl.data import CIFAR10, CIFAR100, Batch, Digits, FashionMNIST, ImageFolder, NoisyLabelDataModule
+from lsl.distill import TeacherStudentModule
 from lsl.errors import ConfigError
 from lsl.losses import (
     BackwardCorrection,
@@ -48,5 +49,6 @@ __all__ = [
     "ResNet50",
     "SmallCNN",
     "SymmetricNoise",
+    "TeacherStudentModule",
     "TransitionMatrixLoss",
 ]
