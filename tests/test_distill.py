@@ -32,6 +32,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*The number of training batches.*"),
 ]
 
+QUICKSTART_DISTILL = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart_distill.yaml")
 NOISE = SymmetricNoise(0.4)
 TEACHER_NET = functools.partial(SmallCNN, width=8, hidden=32)
 STUDENT_NET = functools.partial(SmallCNN, width=4, hidden=16)
@@ -300,3 +301,46 @@ def test_student_round_trips_through_load_from_checkpoint_and_names_its_teacher(
     batch = first_unaugmented_batch(data)
     with torch.no_grad():
         assert torch.equal(model.eval()(batch.input), loaded.eval()(batch.input))
+
+
+# --------------------------------------------------------------------------------------- through lsl
+
+
+def test_two_stage_pipeline_through_the_console_script(tmp_path):
+    from test_cli import QUICKSTART, QUIET, lsl, scalars
+
+    teacher = lsl("fit", "--config", QUICKSTART, "--trainer.max_epochs=2", *QUIET, cwd=tmp_path)
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    teacher_checkpoint = tmp_path / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    student = lsl("fit", "--config", QUICKSTART_DISTILL, "--trainer.max_epochs=2", *QUIET,
+                  "--model.teacher_checkpoint", str(teacher_checkpoint), cwd=tmp_path)
+    assert student.returncode == 0, student.stderr[-3000:]
+
+    run = tmp_path / "logs" / "quickstart_distill" / "version_0"
+    logged = scalars(run)
+    assert {"train/kd_loss", "train/task_loss", "train/loss", "train/memorised", "val/acc_clean", "test/acc",
+            "test/ece", "teacher/train_acc_noisy", "teacher/train_acc_clean", "teacher/test_acc"} <= set(logged)
+    assert logged["train/kd_loss"] == logged["train/loss"]  # kd_weight 1.0: the teacher only
+    # Written by lsl fit, the student's checkpoint loads without unpickling code, and names its teacher.
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["lsl_teacher"] == {"path": str(teacher_checkpoint), "sha256": file_sha256(teacher_checkpoint)}
+    assert checkpoint["lsl_data"]["dataset"] == "digits"
+
+    test = lsl("test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+               *QUIET, cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert scalars(tmp_path / "logs" / "quickstart_distill" / "version_1")["test/acc"] == logged["test/acc"]
+
+
+def test_cli_rejects_a_missing_or_mismatched_teacher_cleanly(teacher_run, tmp_path, monkeypatch, capsys):
+    from test_cli import QUIET, assert_clean_failure, run_main
+
+    monkeypatch.chdir(tmp_path)
+    missing = run_main(["fit", "-c", QUICKSTART_DISTILL, *QUIET, "--model.teacher_checkpoint", "no/such.ckpt"])
+    assert_clean_failure(missing, capsys.readouterr().err, "teacher_checkpoint='no/such.ckpt' does not exist")
+    # The module-scoped teacher learnt from noise_seed 0 on its own Digits copy; this student uses seed 1.
+    mismatched = run_main(["fit", "-c", QUICKSTART_DISTILL, *QUIET, "--model.teacher_checkpoint", str(teacher_run[0]),
+                           "--data.init_args.noise_seed=1"])
+    assert_clean_failure(mismatched, capsys.readouterr().err, "learnt from other noisy labels",
+                         "noise_seed: teacher 0, student 1", "allow_teacher_data_mismatch")
+    assert not (tmp_path / "logs").exists()
