@@ -415,8 +415,16 @@ class NoisyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def to(self, device: torch.device) -> NoisyDataset:
+        """Move the labels, indices and (if they are a tensor, not already there) the images to ``device``."""
+        if isinstance(self.images, Tensor):
+            self.images = self.images.to(device)
+        self.noisy, self.clean, self.indices, self.image_rows = (
+            field.to(device) for field in (self.noisy, self.clean, self.indices, self.image_rows))
+        return self
+
     def __getitems__(self, positions: list[int]) -> Batch:
-        positions = torch.as_tensor(positions, dtype=torch.int64)
+        positions = torch.as_tensor(positions, dtype=torch.int64, device=self.noisy.device)
         noisy, clean = self.noisy[positions], self.clean[positions]
         return Batch(self.images[self.image_rows[positions]], noisy, clean, self.indices[positions], noisy != clean)
 
@@ -498,6 +506,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         artifact_dir: Where noise artifacts live; default ``<dataset root>/noisy_labels``.
         train_subset: Train on this many images only: a fixed random subset of the training split (the
             same for every seed), drawn before the noise, for studies sized to a CPU. None uses them all.
+        images_on_device: Keep an in-memory dataset (CIFAR, Fashion-MNIST, digits) on the accelerator, as
+            uint8, and slice each batch there: no host-to-device copy per batch. It is the same data and the
+            same augmentation either way. Ignored on a CPU, for ImageFolder data and with ``num_workers > 0``.
     """
 
     def __init__(
@@ -512,6 +523,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         augment: bool = True,
         artifact_dir: str | None = None,
         train_subset: int | None = None,
+        images_on_device: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -533,6 +545,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.augment = augment
         self.artifact_dir = Path(artifact_dir) if artifact_dir else dataset.root / "noisy_labels"
         self.train_subset = train_subset
+        self.images_on_device = images_on_device
         self.noisy_labels: NoisyLabels | None = None
         self._normalisation: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.train_set = self.val_set = self.test_set = None
@@ -558,6 +571,26 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         if stage in ("test", "predict") and self.test_set is None:
             images, clean = self.dataset.load(train=False)
             self.test_set = NoisyDataset(images, clean, clean, np.arange(len(clean)))
+        self._move_datasets(self._storage_device())
+
+    def _move_datasets(self, device: torch.device) -> None:
+        # The training and validation sets share one image tensor: copy it to the device once, not per set.
+        moved: dict[int, Tensor] = {}
+        for dataset in (self.train_set, self.val_set, self.test_set):
+            if dataset is None or dataset.noisy.device == device:
+                continue
+            if isinstance(dataset.images, Tensor):
+                key = id(dataset.images)
+                if key not in moved:
+                    moved[key] = dataset.images.to(device)
+                dataset.images = moved[key]
+            dataset.to(device)
+
+    def _storage_device(self) -> torch.device:
+        """Where the datasets' tensors live: the accelerator if ``images_on_device`` can apply, else the CPU."""
+        on_device = (self.images_on_device and self.num_workers == 0 and self.trainer is not None
+                     and isinstance(self.dataset, InMemorySource))
+        return self.trainer.strategy.root_device if on_device else torch.device("cpu")
 
     def _setup_train_and_val(self) -> None:
         images, clean, image_rows = self._training_split(self.augment)
@@ -628,9 +661,10 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size)
 
     def _loader(self, dataset: NoisyDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+        on_host = dataset.noisy.device.type == "cpu"
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_as_is,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=on_host and torch.cuda.is_available())
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         training = self.trainer is not None and self.trainer.training

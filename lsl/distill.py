@@ -282,11 +282,11 @@ class TeacherStudentModule(Classifier):
         training = data.train_set.indices.to(logits.device)  # the samples trained on, not the validation split
         predictions = logits[training].argmax(dim=1)
         data.setup("test")
-        test_predictions = self._run_teacher(data, data.test_set).argmax(dim=1).cpu()
+        test_predictions = self._run_teacher(data, data.test_set).argmax(dim=1)
         metrics = {
             "teacher/train_acc_noisy": (predictions == samples.noisy.to(logits.device)[training]).float().mean().item(),
             "teacher/train_acc_clean": (predictions == samples.clean.to(logits.device)[training]).float().mean().item(),
-            "teacher/test_acc": (test_predictions == data.test_set.clean).float().mean().item(),
+            "teacher/test_acc": (test_predictions == data.test_set.clean.to(logits.device)).float().mean().item(),
         }
         for logger in self.loggers:
             logger.log_metrics(metrics, step=0)

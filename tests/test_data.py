@@ -629,6 +629,30 @@ def test_loader_yields_whole_batches_through_getitems(tmp_path: Path, monkeypatc
     np.testing.assert_array_equal(torch.cat([b.index for b in val_batches]).numpy(), module.val_set.indices.numpy())
 
 
+def _on_accelerator(module: NoisyLabelDataModule, device: str) -> NoisyLabelDataModule:
+    """A stand-in for the trainer: only where its strategy keeps the model. 'meta' plays the accelerator:
+    tensors there have shapes but no storage, so the move and the slicing are checked without a GPU."""
+    module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), training=False)
+    return module
+
+
+def test_in_memory_images_move_to_the_accelerator_once_and_batches_are_sliced_there(tmp_path: Path) -> None:
+    module = _ready(_on_accelerator(_digits_module(tmp_path), "meta"), "fit", "test")
+    assert module.train_set.images is module.val_set.images  # one copy on the device, shared
+    for dataset in (module.train_set, module.val_set, module.test_set):
+        assert {tensor.device.type for tensor in (dataset.images, dataset.noisy, dataset.clean, dataset.indices,
+                                                   dataset.image_rows)} == {"meta"}
+    batch = next(iter(module.train_dataloader()))
+    assert all(field.device.type == "meta" for field in batch) and batch.input.shape == (64, 1, 8, 8)
+    assert not module.train_dataloader().pin_memory  # device tensors cannot be pinned
+
+
+@pytest.mark.parametrize("options", [{"images_on_device": False}, {"num_workers": 1}])
+def test_images_stay_on_the_host_when_asked_or_with_workers(tmp_path: Path, options: dict) -> None:
+    module = _ready(_on_accelerator(_digits_module(tmp_path, **options), "meta"))
+    assert module.train_set.images.device.type == "cpu" and module.train_set.noisy.device.type == "cpu"
+
+
 def test_each_source_gets_its_own_augmentation(tmp_path: Path) -> None:
     """Fashion-MNIST: flips only (no crop), and none when ``flip=False``; Digits: no augmentation at all."""
     root = write_fashion_mnist(tmp_path / "fm")
