@@ -158,6 +158,8 @@ class TeacherStudentModule(Classifier):
         num_classes: Number of classes K; linked from the data by the CLI.
         noise: The data's noise model; linked from the data by the CLI (used by a loss that needs T).
         ece_bins: Bins of the expected calibration error.
+        channels_last: The student's network and inputs in channels-last memory format (see ``Classifier``).
+        compile: Compile the student's forward with ``torch.compile``.
     """
 
     def __init__(
@@ -175,12 +177,15 @@ class TeacherStudentModule(Classifier):
         num_classes: int = 10,
         noise: NoiseModel | None = None,
         ece_bins: int = 15,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         if not (math.isfinite(temperature) and temperature > 0):
             raise ConfigError(f"temperature={temperature} must be a positive number (1.0 leaves the logits as they are)")
         if not 0.0 <= kd_weight <= 1.0:
             raise ConfigError(f"kd_weight={kd_weight} must be in [0, 1]: 1 is pure distillation, 0 ignores the teacher")
-        super().__init__(backbone, loss, optimizer, scheduler, scheduler_interval, num_classes, noise, ece_bins)
+        super().__init__(backbone, loss, optimizer, scheduler, scheduler_interval, num_classes, noise, ece_bins,
+                         channels_last=channels_last, compile=compile)
         self.teacher = FrozenTeacher(teacher_checkpoint)
         if self.teacher.num_classes != num_classes:
             raise ConfigError(f"the teacher {teacher_checkpoint!r} predicts {self.teacher.num_classes} classes, "

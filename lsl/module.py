@@ -70,6 +70,10 @@ class Classifier(pl.LightningModule):
         noise: The data's noise model; linked from the data by the CLI. Its transition matrix (the true T)
             goes to a loss that needs one and was given none of its own. None means clean labels.
         ece_bins: Bins of the expected calibration error.
+        channels_last: Keep the network's weights and each input batch in channels-last (NHWC) memory format,
+            which convolutions on tensor-core GPUs and on oneDNN CPUs run faster in.
+        compile: Compile the network's forward with ``torch.compile`` (the first steps are slow while it
+            compiles; needs a C compiler on a CPU).
     """
 
     def __init__(
@@ -82,6 +86,8 @@ class Classifier(pl.LightningModule):
         num_classes: int = 10,
         noise: NoiseModel | None = None,
         ece_bins: int = 15,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -91,6 +97,11 @@ class Classifier(pl.LightningModule):
             warnings.filterwarnings("ignore", message="Attribute 'loss' is an instance of `nn.Module`")
             self.save_hyperparameters()
         self.network = backbone(num_classes)
+        self.channels_last = channels_last
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if compile:
+            self.network.compile()  # in place, so the checkpoint keys stay those of the plain network
         self.loss = loss if loss is not None else CrossEntropy()
         if isinstance(self.loss, TransitionMatrixLoss) and not self.loss.has_own_matrix:
             self.loss.use_data_transition_matrix((noise or NoNoise()).transition_matrix(num_classes))
@@ -117,6 +128,8 @@ class Classifier(pl.LightningModule):
              "ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1")}, prefix="test/")
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

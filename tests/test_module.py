@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from lsl.data import Batch, Digits, NoisyDataset, NoisyLabelDataModule
 from lsl.errors import ConfigError
 from lsl.losses import BackwardCorrection, CrossEntropy, ForwardCorrection, LabelSmoothing
-from lsl.models import SmallCNN, resnet32
+from lsl.models import SmallCNN, resnet20, resnet32
 from lsl.module import Classifier, paper_schedule, paper_sgd
 from lsl.noise import SymmetricNoise
 
@@ -491,6 +491,33 @@ def test_default_backbone_is_resnet32():
     assert Classifier.__init__.__defaults__[0] is resnet32
     model = Classifier(num_classes=7)
     assert model.network.depth == 32 and model.network.fc.out_features == 7
+
+
+def test_channels_last_stores_weights_and_inputs_nhwc_and_computes_the_same_logits():
+    torch.manual_seed(0)
+    plain = Classifier(backbone=resnet20, num_classes=10).eval()
+    nhwc = Classifier(backbone=resnet20, num_classes=10, channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    conv = nhwc.network.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    seen = []
+    nhwc.network.conv1.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(nhwc(images), plain(images), atol=1e-5, rtol=1e-4)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: tens of seconds
+def test_compile_gives_the_same_logits_and_checkpoint_keys():
+    torch.manual_seed(0)
+    plain = Classifier(backbone=SmallCNN, num_classes=10).eval()
+    compiled = Classifier(backbone=SmallCNN, num_classes=10, compile=True).eval()
+    compiled.load_state_dict(plain.state_dict())
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert_close(compiled(images), plain(images), atol=1e-5, rtol=1e-4)
 
 
 def test_no_scheduler_returns_only_the_optimizer():
