@@ -424,7 +424,12 @@ class NoisyDataset(Dataset):
         return self
 
     def __getitems__(self, positions: list[int]) -> Batch:
-        positions = torch.as_tensor(positions, dtype=torch.int64, device=self.noisy.device)
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        if self.noisy.device.type == "cuda":
+            # From pinned memory the copy is asynchronous: a pageable one would wait for the GPU every batch.
+            positions = positions.pin_memory().to(self.noisy.device, non_blocking=True)
+        else:
+            positions = positions.to(self.noisy.device)
         noisy, clean = self.noisy[positions], self.clean[positions]
         return Batch(self.images[self.image_rows[positions]], noisy, clean, self.indices[positions], noisy != clean)
 
