@@ -1,0 +1,194 @@
+"""Training throughput: lsl's Trainer path against a minimal hand-written PyTorch loop.
+
+Both paths train the same network on the same uint8 images with the same loss (cross-entropy), optimizer
+(SGD, Nesterov 0.9, lr 0.1, weight decay 1e-4), batch size and augmentation (pad + random crop + flip on
+whole batches, then normalisation), with the images kept on the device. lsl's path is what ``lsl fit``
+runs: the Classifier with all its training metrics, the data module, TensorBoard logging every 50 steps
+(validation and checkpoints off, as the loop has none). The runs alternate A/B in one process; each
+reports images/s over the steps after a warm-up, and the table gives the median over rounds.
+
+    python benchmarks/throughput.py                          # CPU, or CUDA when present
+    python benchmarks/throughput.py --precision bf16-mixed   # one knob at a time
+    python benchmarks/throughput.py --channels-last --compile --models resnet32
+
+The images are random (throughput does not depend on what they show): CIFAR-sized 3x32x32 with pad-4
+crops and flips for ResNet-32, Fashion-MNIST-sized 1x28x28 with flips for the small CNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from lsl import Classifier, CrossEntropy, NoisyLabelDataModule
+from lsl.data import InMemorySource, random_crop_flip
+from lsl.models import SmallCNN, resnet32
+
+BATCH_SIZE = 128
+
+
+class RandomImages(InMemorySource):
+    """Random uint8 images and labels, decoded once, like CIFAR or Fashion-MNIST in memory."""
+
+    def __init__(self, name: str, shape: tuple[int, int, int], crop_padding: int, size: int) -> None:
+        self.name, self.shape, self.crop_padding, self.flip, self.size = name, shape, crop_padding, True, size
+        self.mean, self.std = (0.5,) * shape[0], (0.25,) * shape[0]
+        self.root = Path(tempfile.gettempdir())
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
+        generator = torch.Generator().manual_seed(int(train))
+        images = torch.randint(0, 256, (self.size, *self.shape), dtype=torch.uint8, generator=generator)
+        return images, torch.randint(0, 10, (self.size,), generator=generator).numpy()
+
+
+WORKLOADS = {
+    "resnet32": (resnet32, ("cifar-sized", (3, 32, 32), 4)),
+    "smallcnn": (functools.partial(SmallCNN, width=32, hidden=128, pooled_size=7), ("fmnist-sized", (1, 28, 28), 0)),
+}
+
+
+def optimizer(parameters) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+class StepTimer(pl.Callback):
+    """Wall time from the start of step ``warmup`` to the end of the last step."""
+
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device = warmup, device
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            _synchronize(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _synchronize(self.device)
+        self.end = time.perf_counter()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def lsl_path(workload: str, source: RandomImages, args, device: torch.device) -> float:
+    backbone = WORKLOADS[workload][0]
+    model = Classifier(backbone=backbone, loss=CrossEntropy(), optimizer=optimizer, scheduler=None,
+                       channels_last=args.channels_last, compile=args.compile)
+    data = NoisyLabelDataModule(dataset=source, val_fraction=0.0, batch_size=BATCH_SIZE,
+                                artifact_dir=str(args.workdir / "artifacts"))
+    timer = StepTimer(args.warmup, device)
+    trainer = pl.Trainer(accelerator=device.type, devices=1, precision=args.precision,
+                         max_steps=args.warmup + args.steps, limit_val_batches=0, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
+                         logger=TensorBoardLogger(args.workdir / "logs", name=workload), callbacks=[timer])
+    trainer.fit(model, datamodule=data)
+    return args.steps * BATCH_SIZE / (timer.end - timer.start)
+
+
+def hand_path(workload: str, source: RandomImages, args, device: torch.device) -> float:
+    backbone = WORKLOADS[workload][0]
+    images, labels = source.load(train=True)
+    images, labels = images.to(device), torch.as_tensor(labels).to(device)
+    mean = torch.tensor(source.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(source.std, device=device).view(1, -1, 1, 1)
+    network = backbone(10).to(device)
+    if args.channels_last:
+        network.to(memory_format=torch.channels_last)
+    if args.compile:
+        network.compile()
+    sgd = optimizer(network.parameters())
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed"
+                else nullcontext())
+    order, cursor = torch.randperm(len(labels), device=device), 0
+    start = 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            _synchronize(device)
+            start = time.perf_counter()
+        if cursor + BATCH_SIZE > len(order):
+            order, cursor = torch.randperm(len(labels), device=device), 0
+        batch = order[cursor:cursor + BATCH_SIZE]
+        cursor += BATCH_SIZE
+        x = random_crop_flip(images[batch], source.crop_padding, source.flip)
+        x = (x.float() / 255 - mean) / std
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = network(x)
+        loss = F.cross_entropy(logits.float(), labels[batch])
+        sgd.zero_grad(set_to_none=True)
+        loss.backward()
+        sgd.step()
+    _synchronize(device)
+    return args.steps * BATCH_SIZE / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", default="resnet32,smallcnn", help="comma-separated: resnet32, smallcnn")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 40 CPU, 400 GPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 CPU, 50 GPU)")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B pairs per model")
+    parser.add_argument("--images", type=int, default=50_000, help="training images in memory")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals, once per run
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    args.steps = args.steps or (400 if on_gpu else 40)
+    args.warmup = args.warmup or (50 if on_gpu else 5)
+    if device.type == "cpu":
+        print(f"CPU, {torch.get_num_threads()} threads")
+    else:
+        print(torch.cuda.get_device_name(device))
+    print(f"torch {torch.__version__}, lightning {pl.__version__}, precision {args.precision}, "
+          f"channels_last {args.channels_last}, compile {args.compile}, {args.steps} timed steps of {BATCH_SIZE}")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        args.workdir = Path(folder)
+        for workload in args.models.split(","):
+            name, shape, padding = WORKLOADS[workload][1]
+            source = RandomImages(name, shape, padding, args.images)
+            speeds = {"lsl": [], "hand": []}
+            for round_ in range(args.rounds):
+                for path, run in (("lsl", lsl_path), ("hand", hand_path)):
+                    torch.manual_seed(round_)
+                    speeds[path].append(run(workload, source, args, device))
+            lsl, hand = statistics.median(speeds["lsl"]), statistics.median(speeds["hand"])
+            ratios = [a / b for a, b in zip(speeds["lsl"], speeds["hand"])]
+            rows.append((workload, lsl, hand, lsl / hand, min(ratios), max(ratios)))
+
+    print(f"\n| model | lsl img/s | hand-written img/s | lsl / hand (median) | per-round ratios |")
+    print("|---|---|---|---|---|")
+    for workload, lsl, hand, ratio, low, high in rows:
+        print(f"| {workload} | {lsl:,.0f} | {hand:,.0f} | {ratio:.3f} | {low:.3f} to {high:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
