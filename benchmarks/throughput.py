@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--paths", default="lsl,hand", help="which paths to run: lsl, hand or both (several "
+                        "copies of this script started at once with --paths lsl measure runs sharing a device)")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals, once per run
@@ -175,19 +177,30 @@ def main() -> None:
         for workload in args.models.split(","):
             name, shape, padding = WORKLOADS[workload][1]
             source = RandomImages(name, shape, padding, args.images)
-            speeds = {"lsl": [], "hand": []}
+            paths = {name: run for name, run in (("lsl", lsl_path), ("hand", hand_path)) if name in args.paths}
+            speeds: dict[str, list[float]] = {name: [] for name in paths}
             for round_ in range(args.rounds):
-                for path, run in (("lsl", lsl_path), ("hand", hand_path)):
+                for name, run in paths.items():
                     torch.manual_seed(round_)
-                    speeds[path].append(run(workload, source, args, device))
-            lsl, hand = statistics.median(speeds["lsl"]), statistics.median(speeds["hand"])
-            ratios = [a / b for a, b in zip(speeds["lsl"], speeds["hand"])]
-            rows.append((workload, lsl, hand, lsl / hand, min(ratios), max(ratios)))
+                    speeds[name].append(run(workload, source, args, device))
+            rows.append((workload, speeds))
 
-    print(f"\n| model | lsl img/s | hand-written img/s | lsl / hand (median) | per-round ratios |")
+    print("\n| model | lsl img/s | hand-written img/s | lsl / hand (median) | per-round ratios |")
     print("|---|---|---|---|---|")
-    for workload, lsl, hand, ratio, low, high in rows:
-        print(f"| {workload} | {lsl:,.0f} | {hand:,.0f} | {ratio:.3f} | {low:.3f} to {high:.3f} |")
+    for workload, speeds in rows:
+        print(f"| {workload} | {_median(speeds.get('lsl'))} | {_median(speeds.get('hand'))} | {_ratios(speeds)}")
+
+
+def _median(values: list[float] | None) -> str:
+    return f"{statistics.median(values):,.0f}" if values else "-"
+
+
+def _ratios(speeds: dict[str, list[float]]) -> str:
+    if len(speeds) < 2:
+        return "- | - |"
+    ratios = [a / b for a, b in zip(speeds["lsl"], speeds["hand"])]
+    return (f"{statistics.median(speeds['lsl']) / statistics.median(speeds['hand']):.3f} | "
+            f"{min(ratios):.3f} to {max(ratios):.3f} |")
 
 
 if __name__ == "__main__":
