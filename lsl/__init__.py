@@ -3,6 +3,7 @@
 from lsl.data import CIFAR10, CIFAR100, Batch, Digits, FashionMNIST, ImageFolder, NoisyLabelDataModule
 from lsl.distill import TeacherStudentModule
 from lsl.errors import ConfigError
+from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error
 from lsl.losses import (
     BackwardCorrection,
     CrossEntropy,
@@ -22,6 +23,7 @@ from lsl.noise import (
     PairFlipNoise,
     SymmetricNoise,
 )
+from lsl.views import TensorBoardViews
 
 __all__ = [
     "AsymmetricCIFAR10Noise",
@@ -50,5 +52,9 @@ __all__ = [
     "SmallCNN",
     "SymmetricNoise",
     "TeacherStudentModule",
+    "TensorBoardViews",
     "TransitionMatrixLoss",
+    "anchor_points",
+    "estimate_transition_matrix",
+    "estimation_error",
 ]
