@@ -328,6 +328,7 @@ def _write_atomically(path: Path, content: dict) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(content, file)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the cache is shared like the noise artifact
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
