@@ -143,10 +143,16 @@ class CIFAR10(InMemorySource):
     def decode(self, train: bool) -> tuple[Tensor, np.ndarray]:
         images, labels = [], []
         for name in self.train_files if train else self.test_files:
-            with open(self.root / self.folder / name, "rb") as file:
-                batch = pickle.load(file, encoding="latin1")
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[self.label_key], dtype=np.int64))
+            path = self.root / self.folder / name
+            try:
+                with open(path, "rb") as file:
+                    batch = pickle.load(file, encoding="latin1")
+                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(batch[self.label_key], dtype=np.int64))
+            except Exception as error:
+                raise ConfigError(f"{str(path)!r} is not a readable {type(self).__name__} batch "
+                                  f"({type(error).__name__}: {error}): fetch the data again (download: true) "
+                                  "or restore the file") from error
         return torch.from_numpy(np.concatenate(images)), np.concatenate(labels)
 
     def _missing(self) -> list[Path]:
@@ -265,8 +271,18 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (LeCun's MNIST format): a 4-byte magic whose last byte is the rank, then the dims."""
-    data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    """Read an idx file (LeCun's MNIST format); an unreadable one is a ConfigError naming it."""
+    try:
+        return _parse_idx(path)
+    except Exception as error:
+        raise ConfigError(f"{str(path)!r} is not a readable idx file ({type(error).__name__}: {error}): fetch the "
+                          "data again (download: true) or restore the file") from error
+
+
+def _parse_idx(path: Path) -> np.ndarray:
+    """A 4-byte magic whose last byte is the rank, the dims as big-endian uint32, then the values."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+        data = file.read()
     rank = data[3]
     shape = np.frombuffer(data, dtype=">u4", count=rank, offset=4)
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape).copy()
