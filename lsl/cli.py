@@ -3,6 +3,7 @@
     lsl fit --config configs/quickstart.yaml
     lsl test --config configs/quickstart.yaml --ckpt_path logs/quickstart/version_0/checkpoints/last.ckpt
     lsl fit --config configs/ls_cifar100.yaml --print_config
+    lsl estimate-t --ckpt RUN/checkpoints/last.ckpt --config RUN/config.yaml --out T.npy
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
 
 from lsl.data import NoisyLabelDataModule
+from lsl.divergence import DivergenceGuard
 from lsl.errors import ConfigError
+from lsl.estimate import estimate_t_command
 from lsl.module import Classifier
+from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, check_checkpoint_path, continue_last_run,
+                        use_atomic_checkpoints)
+from lsl.views import TensorBoardViews
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -52,8 +58,11 @@ class LSLCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="fit only: evaluate the final weights on the clean test set and log test/* "
                                  "into the same run (the paper reports the last checkpoint, not the best)")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(DivergenceGuard, "divergence")
+        parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
+        parser.add_lightning_class_args(TensorBoardViews, "views")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": 0,
@@ -63,6 +72,21 @@ class LSLCLI(LightningCLI):
         })
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.noise", "model.init_args.noise", apply_on="parse")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI reads the checkpoint's hyperparameters, which a truncated file would crash.
+        if self.config.get("subcommand"):
+            check_checkpoint_path(self.config[self.config.subcommand].get("ckpt_path"))
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and self.config.fit.ckpt_path == "last":
+            continue_last_run(self.config.fit)
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
 
     def before_fit(self) -> None:
         # Fix each logger's version_N now: with ddp_spawn the fit runs in child processes, and a version
@@ -77,7 +101,11 @@ class LSLCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lsl`` console script and ``python -m lsl``; exits 2 on bad input."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["estimate-t"]:  # not a Trainer subcommand, so LightningCLI cannot parse it
+            estimate_t_command(argv[1:])
+            return
         LSLCLI(
             Classifier,
             NoisyLabelDataModule,

@@ -61,10 +61,14 @@ def load_transition_matrix(path: str | Path, num_classes: int | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"transition matrix file {str(path)!r} does not exist: give the path of a .npy, .csv or .txt file")
-    if path.suffix == ".npy":
-        matrix = np.load(path, allow_pickle=False)
-    else:
-        matrix = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+    try:
+        if path.suffix == ".npy":
+            matrix = np.load(path, allow_pickle=False)
+        else:
+            matrix = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"transition matrix file {str(path)!r} is unreadable ({error}): give a .npy array, or a "
+                          ".csv (comma-separated) or .txt (whitespace-separated) table of numbers") from error
     return validate_transition_matrix(matrix, num_classes, source=f"transition matrix in {str(path)!r}")
 
 
@@ -686,8 +690,12 @@ def _create_artifact(
     _check_same_length(clean, labels)
     metadata = _artifact_metadata(noise, clean, labels, num_classes, dataset, split, seed)
     _check_orphan_sidecar(metadata_path, labels_path, metadata["sha256"])
-    labels_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(labels_path, metadata_path, labels, metadata)
+    try:
+        labels_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(labels_path, metadata_path, labels, metadata)
+    except OSError as error:
+        raise ConfigError(f"cannot write the noisy labels to {str(labels_path.parent)!r} ({error}): set the data "
+                          "module's artifact_dir to a writable folder") from error
     return NoisyLabels(labels=labels, path=labels_path, metadata=metadata)
 
 
