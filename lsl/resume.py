@@ -49,6 +49,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())  # else a node crash right after the rename can leave an empty file
+            os.chmod(temporary, 0o644)  # mkstemp makes it private; Lightning's own writer leaves it readable
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
