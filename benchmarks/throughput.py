@@ -39,6 +39,7 @@ from lsl.data import InMemorySource, random_crop_flip
 from lsl.models import SmallCNN, resnet32
 
 BATCH_SIZE = 128
+DEFAULT_STEPS = {"resnet32": {"cpu": 40, "cuda": 1000}, "smallcnn": {"cpu": 400, "cuda": 2000}}
 
 
 class RandomImages(InMemorySource):
@@ -148,7 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default="resnet32,smallcnn", help="comma-separated: resnet32, smallcnn")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 40 CPU, 400 GPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per run (default: about 10 s of work, see DEFAULT_STEPS)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 CPU, 50 GPU)")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs per model")
     parser.add_argument("--images", type=int, default=50_000, help="training images in memory")
@@ -162,20 +164,21 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals, once per run
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    args.steps = args.steps or (400 if on_gpu else 40)
     args.warmup = args.warmup or (50 if on_gpu else 5)
     if device.type == "cpu":
         print(f"CPU, {torch.get_num_threads()} threads")
     else:
         print(torch.cuda.get_device_name(device))
     print(f"torch {torch.__version__}, lightning {pl.__version__}, precision {args.precision}, "
-          f"channels_last {args.channels_last}, compile {args.compile}, {args.steps} timed steps of {BATCH_SIZE}")
+          f"channels_last {args.channels_last}, compile {args.compile}, batch {BATCH_SIZE}")
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         args.workdir = Path(folder)
+        requested_steps = args.steps
         for workload in args.models.split(","):
             name, shape, padding = WORKLOADS[workload][1]
+            args.steps = requested_steps or DEFAULT_STEPS[workload]["cuda" if on_gpu else "cpu"]
             source = RandomImages(name, shape, padding, args.images)
             paths = {name: run for name, run in (("lsl", lsl_path), ("hand", hand_path)) if name in args.paths}
             speeds: dict[str, list[float]] = {name: [] for name in paths}
@@ -183,7 +186,7 @@ def main() -> None:
                 for name, run in paths.items():
                     torch.manual_seed(round_)
                     speeds[name].append(run(workload, source, args, device))
-            rows.append((workload, speeds))
+            rows.append((f"{workload}, {args.steps} steps", speeds))
 
     print("\n| model | lsl img/s | hand-written img/s | lsl / hand (median) | per-round ratios |")
     print("|---|---|---|---|---|")

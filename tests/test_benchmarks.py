@@ -23,7 +23,7 @@ def run(script: str, *args: str) -> str:
 
 def test_throughput_prints_a_row_per_model_with_positive_speeds():
     out = run("throughput.py", "--device", "cpu", "--steps", "2", "--warmup", "1", "--rounds", "1", "--images", "512")
-    rows = re.findall(r"^\| (resnet32|smallcnn) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \|", out, re.MULTILINE)
+    rows = re.findall(r"^\| (resnet32|smallcnn), \d+ steps \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \|", out, re.MULTILINE)
     assert [row[0] for row in rows] == ["resnet32", "smallcnn"], out
     for _, lsl, hand, ratio in rows:
         assert float(lsl.replace(",", "")) > 0 and float(hand.replace(",", "")) > 0 and float(ratio) > 0
