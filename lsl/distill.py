@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -30,6 +28,7 @@ from lsl.errors import ConfigError
 from lsl.models import resnet32
 from lsl.module import Classifier, OptimizerFactory, SchedulerFactory, paper_schedule, paper_sgd
 from lsl.noise import NoiseModel
+from lsl.resume import save_atomically
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -280,7 +279,7 @@ class TeacherStudentModule(Classifier):
         if cached is not None:
             return cached
         logits = self._run_teacher(data, samples)
-        _write_atomically(path, {"key": key, "logits": logits.to(torch.float16).cpu()})
+        save_atomically({"key": key, "logits": logits.to(torch.float16).cpu()}, path)
         return logits
 
     def _log_teacher_accuracy(self, data: NoisyLabelDataModule, samples: NoisyDataset, logits: Tensor) -> None:
@@ -320,16 +319,3 @@ def _read_logits(path: Path, key: dict) -> Tensor | None:
         return None
     return logits.float()
 
-
-def _write_atomically(path: Path, content: dict) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(content, file)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the cache is shared like the noise artifact
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -41,21 +41,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())  # else a node crash right after the rename can leave an empty file
-            os.chmod(temporary, 0o644)  # mkstemp makes it private; Lightning's own writer leaves it readable
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from writers that were killed mid-write
-            leftover.unlink(missing_ok=True)
+        save_atomically(checkpoint, path)
+
+
+def save_atomically(content: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it: a reader (or a kill at
+    any moment) sees either the previous complete file or the new complete one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(content, file)
+            file.flush()
+            os.fsync(file.fileno())  # else a node crash right after the rename can leave an empty file
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; Lightning's own writer leaves it readable
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from writers that were killed mid-write
+        leftover.unlink(missing_ok=True)
 
 
 def use_atomic_checkpoints(trainer: pl.Trainer) -> None:
