@@ -18,7 +18,7 @@ import re
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
@@ -631,6 +631,15 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         images, clean, image_rows = self._training_split(augment=False)
         noisy = self._load_noisy_labels(clean).labels
         return NoisyDataset(images, noisy, clean, np.arange(len(clean)), image_rows)
+
+    def unaugmented_batches(self, dataset: NoisyDataset, device: torch.device,
+                            positions: Tensor | None = None) -> Iterator[Batch]:
+        """``dataset``'s samples (those at ``positions``, or all), in order, in batches of ``eval_batch_size``
+        on ``device``, preprocessed without augmentation: for running a model over a split outside the loops."""
+        positions = torch.arange(len(dataset)) if positions is None else torch.as_tensor(positions)
+        for chunk in positions.split(self.eval_batch_size):
+            batch = dataset.__getitems__(chunk.tolist())
+            yield self.preprocess(Batch(*(field.to(device) for field in batch)), augment=False)
 
     def fingerprint(self) -> dict:
         """What identifies the training labels: the dataset (and subset), K, the noise and its artifact's sha256.

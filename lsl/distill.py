@@ -43,6 +43,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (a checkpoint, a config), read in 1 MB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -262,16 +263,12 @@ class TeacherStudentModule(Classifier):
 
     def _run_teacher(self, data: NoisyLabelDataModule, samples: NoisyDataset) -> Tensor:
         """The teacher's logits for every sample of ``samples``, un-augmented, in order: float32 ``[N, K]``."""
-        chunks = []
-        for start in range(0, len(samples), data.eval_batch_size):
-            batch = samples.__getitems__(list(range(start, min(start + data.eval_batch_size, len(samples)))))
-            batch = Batch(*(field.to(self.device) for field in batch))
-            chunks.append(self.teacher(data.preprocess(batch, augment=False).input))
-        return torch.cat(chunks)
+        return torch.cat([self.teacher(batch.input) for batch in data.unaugmented_batches(samples, self.device)])
 
     def _cached_or_computed_logits(self, data: NoisyLabelDataModule, samples: NoisyDataset) -> Tensor:
-        key = {"teacher_sha256": self.teacher.sha256, "dataset": data.fingerprint()["dataset"],
-               "noisy_labels_sha256": data.fingerprint()["noisy_labels_sha256"], "transform": data.eval_transform,
+        fingerprint = data.fingerprint()
+        key = {"teacher_sha256": self.teacher.sha256, "dataset": fingerprint["dataset"],
+               "noisy_labels_sha256": fingerprint["noisy_labels_sha256"], "transform": data.eval_transform,
                "num_samples": len(samples), "num_classes": self.hparams.num_classes}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(data.artifact_dir) / "teacher_logits" / f"{key['dataset']}-{digest}.pt"

@@ -276,16 +276,12 @@ class TensorBoardViews(pl.Callback):
 
     def _training_logits(self, datamodule: Any, dataset: Any, pl_module: pl.LightningModule):
         """Logits, noisy labels and is-noisy flags of the fixed training subset, without augmentation."""
-        positions = _fixed_subset(len(dataset), self.max_train_samples)
-        batch_size = getattr(datamodule, "eval_batch_size", 512)
+        positions = torch.as_tensor(_fixed_subset(len(dataset), self.max_train_samples))
         was_training = pl_module.training
         pl_module.eval()
         outputs = []
         with torch.inference_mode():
-            for start in range(0, len(positions), batch_size):
-                batch = dataset.__getitems__(positions[start:start + batch_size].tolist())
-                batch = Batch(*(field.to(pl_module.device) for field in batch))
-                batch = datamodule.preprocess(batch, augment=False)
+            for batch in datamodule.unaugmented_batches(dataset, pl_module.device, positions):
                 outputs.append((pl_module(batch.input).float().cpu(), batch.noisy_target.cpu(), batch.is_noisy.cpu()))
         pl_module.train(was_training)
         logits, noisy, is_noisy = (torch.cat(parts) for parts in zip(*outputs))
