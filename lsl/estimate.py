@@ -15,7 +15,6 @@ un-augmented noisy training set and writes T with a JSON sidecar; ``ForwardCorre
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -33,6 +32,7 @@ from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader, Dataset
 
 from lsl.data import Batch, NoisyLabelDataModule
+from lsl.distill import file_sha256
 from lsl.errors import ConfigError
 from lsl.losses import CrossEntropy
 from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix
@@ -178,14 +178,6 @@ def _import_class(class_path: str) -> type[pl.LightningModule]:
 # ----------------------------------------------------------------------------------------------- output
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_estimate(out: Path, matrix: np.ndarray, sidecar: dict[str, Any]) -> Path:
     """Write ``out`` (.npy) and its ``.json`` sidecar atomically, sidecar first; returns the sidecar's path."""
     sidecar_path = out.with_suffix(".json")
@@ -302,8 +294,8 @@ def _sidecar(options: argparse.Namespace, config: dict[str, Any], datamodule: No
         "transition_convention": TRANSITION_CONVENTION,
         "method": "anchor points (Patrini et al., CVPR 2017)",
         "percentile": options.percentile,
-        "checkpoint": {"path": str(options.ckpt.resolve()), "sha256": sha256_of(options.ckpt)},
-        "config": {"path": str(options.config.resolve()), "sha256": sha256_of(options.config)},
+        "checkpoint": {"path": str(options.ckpt.resolve()), "sha256": file_sha256(options.ckpt)},
+        "config": {"path": str(options.config.resolve()), "sha256": file_sha256(options.config)},
         "model_loss": type(getattr(model, "loss", None)).__name__,
         "data": _data_record(config, datamodule, options.split, num_samples),
         "anchor_sample_indices": anchors.tolist(),

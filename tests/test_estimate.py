@@ -11,7 +11,8 @@ import yaml
 from test_cli import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
 
 from lsl import Classifier, ConfigError, ForwardCorrection
-from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error, sha256_of
+from lsl.distill import file_sha256
+from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error
 from lsl.noise import PairFlipNoise, SymmetricNoise, validate_transition_matrix
 
 NUM_CLASSES = 6
@@ -120,7 +121,7 @@ def test_estimate_t_from_a_cross_entropy_run_then_forward_correction_with_it(tmp
     estimate = np.load(tmp_path / "estimates" / "T.npy")
     sidecar = json.loads((tmp_path / "estimates" / "T.json").read_text())
     true = SymmetricNoise(0.4).transition_matrix(10)
-    assert sidecar["checkpoint"] == {"path": str(checkpoint.resolve()), "sha256": sha256_of(checkpoint)}
+    assert sidecar["checkpoint"] == {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)}
     assert sidecar["data"]["split"] == "train" and sidecar["data"]["num_samples"] == 1293  # 1,437 less 10% val
     assert sidecar["data"]["noisy_labels"]["sha256"] == json.loads(
         next((tmp_path / "data" / "noisy_labels").glob("*.json")).read_text())["sha256"]

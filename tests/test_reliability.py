@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_cifar10, write_fashion_mnist
+from test_cli import run_main
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lsl.cli import main
 from lsl.divergence import DivergenceGuard, TrainingDiverged
 from lsl.errors import ConfigError
 from lsl.noise import SymmetricNoise, load_or_create_noisy_labels
@@ -83,14 +83,6 @@ def lsl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("lsl")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def run_main(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exit:
-        return exit.code or 0
-    return 0
 
 
 def curves(run_dir: Path) -> dict[str, dict[int, float]]:
