@@ -4,6 +4,8 @@
     lsl test --config configs/quickstart.yaml --ckpt_path logs/quickstart/version_0/checkpoints/last.ckpt
     lsl fit --config configs/ls_cifar100.yaml --print_config
     lsl estimate-t --ckpt RUN/checkpoints/last.ckpt --config RUN/config.yaml --out T.npy
+    lsl sweep --config configs/sweeps/fashion_mnist_table.yaml --parallel 2
+    lsl report logs/fashion_mnist_table
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from lsl.divergence import DivergenceGuard
 from lsl.errors import ConfigError
 from lsl.estimate import estimate_t_command
 from lsl.module import Classifier
+from lsl.report import report_command
 from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, check_checkpoint_path, continue_last_run,
                         use_atomic_checkpoints)
+from lsl.sweep import sweep_command
 from lsl.views import TensorBoardViews
 
 
@@ -51,7 +55,8 @@ class LSLCLI(LightningCLI):
     """LightningCLI with lsl's links and defaults: TensorBoard under ``logs/``, a ``last.ckpt`` every epoch.
 
     Only ``last.ckpt`` is kept by default (the paper's protocol is the final model); ask for more with
-    ``--checkpoint.monitor=val/acc_noisy --checkpoint.mode=max --checkpoint.save_top_k=1``.
+    ``--checkpoint.monitor=val/acc_noisy --checkpoint.mode=max --checkpoint.save_top_k=1``; then the test
+    after fit also tests that checkpoint and logs ``test_best/*``.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -95,16 +100,42 @@ class LSLCLI(LightningCLI):
             _ = logger.version
 
     def after_fit(self) -> None:
-        if self.config.fit.test_after_fit and not self.trainer.interrupted:
-            self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+        if not self.config.fit.test_after_fit or self.trainer.interrupted:
+            return
+        self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+        best = _best_checkpoint(self.trainer)
+        if best is not None:
+            # Early stopping on the noisy validation split, the honest alternative to the best test epoch.
+            self.model.test_prefix = "test_best/"
+            try:
+                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=True)
+            finally:
+                self.model.test_prefix = "test/"
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint of a ModelCheckpoint that monitors a metric, if one kept any."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor and callback.best_model_path:
+            return callback.best_model_path
+    return None
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lsl`` console script and ``python -m lsl``; exits 2 on bad input."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv[:1] == ["estimate-t"]:  # not a Trainer subcommand, so LightningCLI cannot parse it
+        # Not Trainer subcommands, so LightningCLI cannot parse them.
+        if argv[:1] == ["estimate-t"]:
             estimate_t_command(argv[1:])
+            return
+        if argv[:1] == ["sweep"]:
+            failed = sweep_command(argv[1:])
+            if failed:
+                sys.exit(1)
+            return
+        if argv[:1] == ["report"]:
+            report_command(argv[1:])
             return
         LSLCLI(
             Classifier,

@@ -43,7 +43,9 @@ class Classifier(pl.LightningModule):
       as their noisy label and as their true label (measured on the augmented batches as they are trained;
       NaN when no sample is mislabelled);
     - ``{train,val,test}/logit_norm``: mean L2 norm of the logits (label smoothing shrinks it);
-    - ``val/nll`` (against the noisy labels), ``test/acc``, ``test/nll`` and ``test/ece`` (15 bins).
+    - ``val/nll`` (against the noisy labels), ``test/acc``, ``test/nll`` and ``test/ece`` (15 bins);
+    - ``test_best/*``: the same test metrics for the checkpoint with the best ``val/acc_noisy``, when ``lsl fit``
+      keeps one (``--checkpoint.monitor=val/acc_noisy``).
 
     ```yaml
     model:
@@ -112,6 +114,7 @@ class Classifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         self._build_metrics(num_classes, ece_bins)
         self.data_fingerprint: dict | None = None  # read back from a checkpoint: see on_save_checkpoint
+        self.test_prefix = "test/"  # `lsl fit` tests the best-validation checkpoint as test_best/
 
     def _build_metrics(self, num_classes: int, ece_bins: int) -> None:
         # No argument validation and no NaN scans: each would cost a host sync on every update. Training
@@ -186,7 +189,8 @@ class Classifier(pl.LightningModule):
         self.test_metrics["nll"].update(F.cross_entropy(logits, batch.clean_target, reduction="none"))
         self.test_metrics["logit_norm"].update(logits.norm(dim=1))
         self.test_metrics["ece"].update(logits.softmax(dim=1), batch.clean_target)
-        self.log_dict(self.test_metrics, on_epoch=True)
+        self.log_dict({self.test_prefix + name: metric for name, metric in self.test_metrics.items(keep_base=True)},
+                      on_epoch=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Class probabilities, with the sample indices and clean targets they belong to."""

@@ -213,8 +213,8 @@ class TensorBoardViews(pl.Callback):
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Batch,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        if _tensorboard(trainer) is None:
-            return
+        if _tensorboard(trainer) is None or getattr(pl_module, "test_prefix", "test/") != "test/":
+            return  # the views show the final model; the best-validation checkpoint's test adds only numbers
         # test_step returns nothing, so the logits are computed again: one extra pass over the test set per run.
         probabilities = pl_module(batch.input).float().softmax(dim=1)
         confidence, predictions = probabilities.max(dim=1)

@@ -1,0 +1,414 @@
+"""Reports: ``lsl report logs/<sweep>`` turns a sweep's TensorBoard runs into tables and plots.
+
+Runs that differ only in their seeds (grid keys with ``seed`` in their name) form a group; each group gets
+the mean and sample standard deviation over its seeds of
+
+- at the **last epoch**: ``test/acc``, ``test/ece``, ``test/nll``, and on the mislabelled training samples the
+  share predicted as their noisy label (``train/memorised``) and as their true label (``train/corrected``);
+- at the **best noisy-validation epoch** (the highest ``val/acc_noisy``; never the best test epoch): the same,
+  read from ``test_best/*``, which ``lsl fit`` logs when it keeps that checkpoint
+  (``--checkpoint.monitor=val/acc_noisy``, as the sweeps in ``configs/sweeps/`` do).
+
+Written to ``<sweep>/report/`` (or ``--out``): ``results.md``, ``results.csv``, and the plots
+``acc_vs_alpha.png``, ``ece_vs_alpha.png`` and ``memorisation.png``, which also go to TensorBoard there.
+Failed runs (a diverged loss, say) are counted and listed with their error, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lsl.errors import ConfigError
+from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE
+
+METHOD_NAMES = {"CrossEntropy": "CE", "LabelSmoothing": "LS", "ForwardCorrection": "FC",
+                "BackwardCorrection": "BC", "TeacherStudentModule": "KD"}
+# (column, how it is read, scale for the Markdown table, decimals)
+LAST_METRICS = [("acc", "test/acc", 100, 2), ("ece", "test/ece", 1, 3), ("nll", "test/nll", 1, 3),
+                ("memorised", "train/memorised", 100, 1), ("corrected", "train/corrected", 100, 1)]
+BEST_METRICS = [("best_epoch", None, 1, 1), ("best_acc", "test_best/acc", 100, 2), ("best_ece", "test_best/ece", 1, 3),
+                ("best_nll", "test_best/nll", 1, 3), ("best_memorised", "train/memorised", 100, 1),
+                ("best_corrected", "train/corrected", 100, 1)]
+SELECTION_METRIC = "val/acc_noisy"
+DESCRIPTION_COLUMNS = ["stage", "dataset", "noise", "rate", "teacher", "method", "alpha"]
+
+Scalars = dict[str, dict[int, float]]
+
+
+@dataclass
+class RunResult:
+    """One finished (or failed) run of a sweep: what it was, and the numbers it logged."""
+
+    directory: Path
+    description: dict[str, Any]
+    group: tuple
+    metrics: dict[str, float] = field(default_factory=dict)
+    memorisation: list[float] = field(default_factory=list)  # train/memorised per epoch
+    error: str | None = None
+
+
+@dataclass
+class GroupSummary:
+    """Runs that differ only in their seeds: mean and standard deviation of each metric."""
+
+    description: dict[str, Any]
+    runs: list[RunResult]
+
+    @property
+    def finished(self) -> list[RunResult]:
+        return [run for run in self.runs if run.error is None]
+
+    @property
+    def failed(self) -> list[RunResult]:
+        return [run for run in self.runs if run.error is not None]
+
+    def values(self, metric: str) -> list[float]:
+        return [run.metrics[metric] for run in self.finished
+                if metric in run.metrics and math.isfinite(run.metrics[metric])]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def std(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def memorisation_curve(self) -> list[float]:
+        curves = [run.memorisation for run in self.finished if run.memorisation]
+        length = min((len(curve) for curve in curves), default=0)
+        return [statistics.fmean(curve[epoch] for curve in curves) for epoch in range(length)]
+
+
+# ------------------------------------------------------------------------------------------- reading runs
+
+
+def read_scalars(directory: Path) -> Scalars:
+    """Every scalar a run logged, ``{tag: {step: value}}``; a step logged twice (a resumed run) keeps the later."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: Scalars = {}
+    for events in sorted(directory.glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update((event.step, event.value) for event in accumulator.Scalars(tag))
+    return scalars
+
+
+def run_metrics(scalars: Scalars) -> tuple[dict[str, float], list[float]]:
+    """The last-epoch and best-validation-epoch metrics of one run, and its memorisation curve."""
+    metrics = {}
+    for column, tag, _, _ in LAST_METRICS:
+        if scalars.get(tag):
+            metrics[column] = _last(scalars[tag])
+    selection = scalars.get(SELECTION_METRIC, {})
+    if selection:
+        steps = sorted(selection)
+        best_step = max(steps, key=lambda step: (selection[step], -step))  # the first epoch reaching the maximum
+        metrics["best_epoch"] = float(steps.index(best_step) + 1)
+        for column, tag, _, _ in BEST_METRICS[1:]:
+            values = scalars.get(tag, {})
+            if values:
+                metrics[column] = _last(values) if tag.startswith("test_best/") else _at_step(values, best_step)
+    memorised = scalars.get("train/memorised", {})
+    return metrics, [memorised[step] for step in sorted(memorised)]
+
+
+def _last(values: dict[int, float]) -> float:
+    return values[max(values)]
+
+
+def _at_step(values: dict[int, float], step: int) -> float:
+    """The value logged at ``step``, else the last one before it (training metrics close the epoch)."""
+    earlier = [logged for logged in values if logged <= step]
+    return values[max(earlier)] if earlier else values[min(values)]
+
+
+def describe(config: dict[str, Any], teacher_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run is, read from its resolved ``config.yaml``: dataset, noise model and rate, method, alpha."""
+    data = (config.get("data") or {}).get("init_args") or {}
+    model = config.get("model") or {}
+    noise = data.get("noise") or {}
+    loss = (model.get("init_args") or {}).get("loss") or {"class_path": "lsl.losses.CrossEntropy"}
+    model_name = _short(model.get("class_path", ""))
+    description = {
+        "dataset": _short((data.get("dataset") or {}).get("class_path", "")),
+        "noise": _short(noise.get("class_path", "")) if noise else "none",
+        "rate": (noise.get("init_args") or {}).get("rate"),
+        "method": METHOD_NAMES.get(model_name) or METHOD_NAMES.get(_short(loss["class_path"]), _short(loss["class_path"])),
+        "alpha": None if model_name == "TeacherStudentModule" else _alpha(loss),
+        "teacher": None,
+    }
+    if teacher_config is not None:
+        teacher = describe(teacher_config)
+        description["teacher"] = teacher["method"] + (f" {teacher['alpha']:g}" if teacher["alpha"] else "")
+    return description
+
+
+def _alpha(loss: dict[str, Any]) -> float | None:
+    name = _short(loss.get("class_path", ""))
+    if name == "CrossEntropy":
+        return 0.0  # the paper's convention: cross-entropy is label smoothing with alpha 0
+    alpha = (loss.get("init_args") or {}).get("alpha")
+    return float(alpha) if alpha is not None else None
+
+
+def _short(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1]
+
+
+def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
+    """The finished and failed runs under a sweep directory, and the directories of unfinished ones."""
+    results, unfinished = [], []
+    for run_file in sorted(sweep_dir.rglob(RUN_FILE)):
+        directory = run_file.parent
+        done, failed = (directory / DONE_FILE).is_file(), (directory / FAILED_FILE).is_file()
+        if not done and not failed:
+            unfinished.append(directory)
+            continue
+        info = json.loads(run_file.read_text())
+        description = describe(_read_config(directory), _teacher_config(info))
+        description["stage"] = info.get("stage", "")
+        group = (info.get("stage", ""),) + tuple(
+            (key, label) for key, label in info.get("labels", {}).items() if "seed" not in key.rsplit(".", 1)[-1])
+        result = RunResult(directory, description, group)
+        if done:
+            result.metrics, result.memorisation = run_metrics(read_scalars(directory))
+        else:
+            result.error = json.loads((directory / FAILED_FILE).read_text()).get("error") or "failed"
+        results.append(result)
+    return results, unfinished
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    for name in ("config.yaml", "overrides.yaml"):  # a run that failed before Lightning saved its config
+        if (directory / name).is_file():
+            return yaml.safe_load((directory / name).read_text()) or {}
+    return {}
+
+
+def _teacher_config(info: dict[str, Any]) -> dict[str, Any] | None:
+    teacher = info.get("teacher_run")
+    return _read_config(Path(teacher)) if teacher else None
+
+
+def summarise(results: list[RunResult]) -> list[GroupSummary]:
+    groups: dict[tuple, GroupSummary] = {}
+    for result in results:
+        groups.setdefault(result.group, GroupSummary(result.description, [])).runs.append(result)
+    return list(groups.values())
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def markdown_tables(summaries: list[GroupSummary], title: str) -> str:
+    """The last-epoch and best-validation-epoch tables, mean +- std over seeds (accuracies and shares in %)."""
+    columns = [column for column in DESCRIPTION_COLUMNS if any(_shown(s.description.get(column)) for s in summaries)]
+    lines = [f"# {title}", ""]
+    for heading, metrics in (("Last epoch", LAST_METRICS), ("Best noisy-validation epoch", BEST_METRICS)):
+        names = [_heading(column) for column, *_ in metrics]
+        lines += [f"## {heading}", "", "| " + " | ".join(columns + ["runs"] + names) + " |",
+                  "|" + "---|" * (len(columns) + 1 + len(names))]
+        for summary in summaries:
+            cells = [_cell(summary.description.get(column)) for column in columns]
+            runs = f"{len(summary.finished)}" + (f" ({len(summary.failed)} failed)" if summary.failed else "")
+            cells.append(runs)
+            cells += [_mean_std(summary, column, scale, decimals) for column, _, scale, decimals in metrics]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    failures = [run for summary in summaries for run in summary.failed]
+    if failures:
+        lines += ["## Failed runs", ""] + [f"- `{run.directory}`: {run.error}" for run in failures] + [""]
+    lines += ["acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
+              "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
+              "label, over the epoch's augmented batches. Mean +- sample std over seeds.", ""]
+    return "\n".join(lines)
+
+
+def _heading(column: str) -> str:
+    return column.replace("best_", "")
+
+
+def _shown(value: Any) -> bool:
+    return value not in (None, "", "none")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _mean_std(summary: GroupSummary, metric: str, scale: float, decimals: int) -> str:
+    mean = summary.mean(metric)
+    if mean is None:
+        return "n/a"
+    std = summary.std(metric)
+    text = f"{mean * scale:.{decimals}f}"
+    return text if std is None else f"{text} +- {std * scale:.{decimals}f}"
+
+
+def write_csv(summaries: list[GroupSummary], path: Path) -> None:
+    metrics = [column for column, *_ in LAST_METRICS + BEST_METRICS]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(DESCRIPTION_COLUMNS + ["runs", "failed"]
+                        + [f"{metric}_{stat}" for metric in metrics for stat in ("mean", "std")])
+        for summary in summaries:
+            row = [_cell(summary.description.get(column)) for column in DESCRIPTION_COLUMNS]
+            row += [len(summary.finished), len(summary.failed)]
+            for metric in metrics:
+                row += [_csv_number(summary.mean(metric)), _csv_number(summary.std(metric))]
+            writer.writerow(row)
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+# ------------------------------------------------------------------------------------------------- plots
+
+
+def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: str | None, ylabel: str):
+    """One panel per noise rate, one line per method: the metric against alpha (cross-entropy is LS at 0).
+
+    The last epoch is solid; the best noisy-validation epoch, when given, dashed. A method with no alpha
+    (FC, BC with the data's T) is a horizontal line. Returns None when nothing has an alpha.
+    """
+    import matplotlib.pyplot as plt
+
+    classifiers = [s for s in summaries if s.description["method"] != "KD" and s.mean(metric) is not None]
+    rates = sorted({s.description["rate"] for s in classifiers}, key=_sort_key)
+    if not classifiers or not any(s.description["alpha"] for s in classifiers):
+        return None
+    figure, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
+    for axis, rate in zip(axes[0], rates):
+        panel = [s for s in classifiers if s.description["rate"] == rate]
+        for method in sorted({s.description["method"] for s in panel}):
+            series = [s for s in panel if s.description["method"] == method
+                      or (method == "LS" and s.description["method"] == "CE")]
+            _plot_series(axis, method, series, metric, best_metric)
+        axis.set_title(f"noise rate {rate}" if rate is not None else "no noise")
+        axis.set_xlabel("alpha")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _plot_series(axis, method: str, series: list[GroupSummary], metric: str, best_metric: str | None) -> None:
+    with_alpha = sorted((s for s in series if s.description["alpha"] is not None), key=lambda s: s.description["alpha"])
+    if method == "CE" and any(s.description["method"] == "LS" for s in series):
+        return  # drawn as alpha 0 of the LS line
+    if len(with_alpha) > 1 or (with_alpha and method in ("LS", "CE")):
+        lines = [(metric, "-", "last epoch")] + ([(best_metric, "--", "best val")] if best_metric else [])
+        for name, style, what in lines:
+            points = [(s.description["alpha"], s.mean(name), s.std(name) or 0.0) for s in with_alpha
+                      if s.mean(name) is not None]
+            if points:
+                x, y, error = zip(*points)
+                axis.errorbar(x, y, yerr=error, linestyle=style, marker="o", capsize=3, label=f"{method} ({what})")
+    else:
+        for summary in series:
+            axis.axhline(summary.mean(metric), linestyle=":", label=f"{method} (last epoch)",
+                         color=f"C{len(axis.lines) % 10}")
+
+
+def plot_memorisation(summaries: list[GroupSummary]):
+    """One panel per (stage, noise rate): the share of mislabelled samples fitted to their noisy label, per epoch."""
+    import matplotlib.pyplot as plt
+
+    curves = [(s, s.memorisation_curve()) for s in summaries]
+    curves = [(s, curve) for s, curve in curves if curve]
+    if not curves:
+        return None
+    panels = sorted({(s.description["stage"], s.description["rate"]) for s, _ in curves}, key=_sort_key)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for axis, (stage, rate) in zip(axes[0], panels):
+        for summary, curve in curves:
+            if (summary.description["stage"], summary.description["rate"]) == (stage, rate):
+                axis.plot(range(1, len(curve) + 1), [100 * value for value in curve], label=_legend(summary))
+        axis.set_title(" ".join(part for part in (stage, f"noise rate {rate}") if part))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("memorised (% of mislabelled samples)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def _legend(summary: GroupSummary) -> str:
+    description = summary.description
+    text = description["method"]
+    if description["alpha"]:
+        text += f" {description['alpha']:g}"
+    if description["teacher"]:
+        text += f" <- {description['teacher']}"
+    return text
+
+
+def _sort_key(value: Any) -> tuple:
+    return tuple((item is None, str(item) if not isinstance(item, (int, float)) else "", item or 0)
+                 for item in (value if isinstance(value, tuple) else (value,)))
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def write_report(sweep_dir: Path, out: Path | None = None, stream=None) -> Path:
+    """Reads the runs under ``sweep_dir`` and writes the tables and plots; returns the report folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{str(sweep_dir)!r} is not a directory: give a sweep's folder, like logs/<sweep name>")
+    results, unfinished = load_runs(sweep_dir)
+    if not results:
+        raise ConfigError(f"no finished runs under {str(sweep_dir)!r} (looked for {RUN_FILE} beside {DONE_FILE}): "
+                          f"run `lsl sweep --config SWEEP.yaml` first")
+    out = out or sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = summarise(results)
+    (out / "results.md").write_text(markdown_tables(summaries, f"Sweep {sweep_dir.name}"))
+    write_csv(summaries, out / "results.csv")
+    figures = {"acc_vs_alpha": plot_against_alpha(summaries, "acc", "best_acc", "test accuracy"),
+               "ece_vs_alpha": plot_against_alpha(summaries, "ece", "best_ece", "test ECE"),
+               "memorisation": plot_memorisation(summaries)}
+    writer = SummaryWriter(str(out))
+    for name, figure in figures.items():
+        if figure is not None:
+            figure.savefig(out / f"{name}.png", dpi=120)
+            writer.add_figure(f"report/{name}", figure, close=True)
+            plt.close(figure)
+    writer.close()
+    failed = sum(len(summary.failed) for summary in summaries)
+    print(f"{len(results) - failed} runs in {len(summaries)} groups ({failed} failed, {len(unfinished)} unfinished "
+          f"and left out) -> {out}/results.md, results.csv, "
+          + ", ".join(f"{name}.png" for name, figure in figures.items() if figure is not None), file=stream or sys.stdout)
+    return out
+
+
+def report_command(argv: list[str]) -> None:
+    """``lsl report SWEEP_DIR [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="lsl report",
+                                     description="Tables (Markdown, CSV) and plots from a sweep's runs.")
+    parser.add_argument("sweep_dir", type=Path, help="the sweep's folder, logs/<sweep name>")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: <sweep_dir>/report)")
+    options = parser.parse_args(argv)
+    write_report(options.sweep_dir, options.out)

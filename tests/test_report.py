@@ -1,0 +1,159 @@
+"""``lsl report``: tables and plots checked against runs whose logged values are known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_cli import run_main
+from torch.utils.tensorboard import SummaryWriter
+
+from lsl.report import load_runs, read_scalars, run_metrics, summarise, write_report
+from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE
+
+LS = {"class_path": "lsl.losses.LabelSmoothing", "init_args": {"alpha": 0.4}}
+CE = {"class_path": "lsl.losses.CrossEntropy"}
+FC = {"class_path": "lsl.losses.ForwardCorrection", "init_args": {"alpha": None, "matrix": None, "path": None}}
+
+
+def config(loss: dict, rate: float = 0.4, model: str = "lsl.Classifier") -> dict:
+    return {"seed_everything": 0,
+            "model": {"class_path": model, "init_args": {"loss": loss}},
+            "data": {"class_path": "lsl.data.NoisyLabelDataModule", "init_args": {
+                "dataset": {"class_path": "lsl.data.FashionMNIST", "init_args": {"root": "x"}},
+                "noise": {"class_path": "lsl.noise.SymmetricNoise", "init_args": {"rate": rate, "convention": "flip"}}}}}
+
+
+def write_events(directory: Path, scalars: dict[str, list[tuple[int, float]]]) -> None:
+    writer = SummaryWriter(str(directory))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+
+
+def fake_run(sweep_dir: Path, point: str, labels: dict, run_config: dict, scalars: dict | None = None,
+             stage: str = "", error: str | None = None, teacher_run: Path | None = None) -> Path:
+    directory = sweep_dir / point / stage if stage else sweep_dir / point
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(yaml.safe_dump(run_config))
+    (directory / RUN_FILE).write_text(json.dumps({"sweep": sweep_dir.name, "point": point, "stage": stage,
+                                                  "labels": labels, "teacher_run": str(teacher_run) if teacher_run else None}))
+    if scalars is not None:
+        write_events(directory, scalars)
+    if error is None:
+        (directory / DONE_FILE).write_text('{"wall_s": 1.0}')
+    else:
+        (directory / FAILED_FILE).write_text(json.dumps({"exit_code": 2, "error": error}))
+    return directory
+
+
+def classifier_scalars(acc: float, ece: float, best_acc: float, memorised: list[float], val: list[float]) -> dict:
+    steps = [10 * (epoch + 1) for epoch in range(len(val))]
+    return {"test/acc": [(steps[-1], acc)], "test/ece": [(steps[-1], ece)], "test/nll": [(steps[-1], 1.0)],
+            "test_best/acc": [(steps[-1], best_acc)], "test_best/ece": [(steps[-1], ece / 2)],
+            "test_best/nll": [(steps[-1], 0.5)],
+            "train/memorised": list(zip(steps, memorised)), "train/corrected": list(zip(steps, [0.5] * len(val))),
+            "val/acc_noisy": list(zip(steps, val))}
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    """2 seeds each of CE and LS 0.4 at 40% noise, one FC that diverged, and one run still going."""
+    root = tmp_path / "logs" / "study"
+    for seed, (acc, val) in enumerate([(0.70, [0.5, 0.6, 0.6]), (0.74, [0.5, 0.7, 0.6])]):
+        fake_run(root, f"loss=ce__seed_everything={seed}", {"model.init_args.loss": "ce", "seed_everything": str(seed)},
+                 config(CE), classifier_scalars(acc, 0.2, 0.8, [0.1, 0.3, 0.9], val))
+        fake_run(root, f"loss=ls0.4__seed_everything={seed}", {"model.init_args.loss": "ls0.4", "seed_everything": str(seed)},
+                 config(LS), classifier_scalars(acc + 0.1, 0.3, 0.85, [0.1, 0.2, 0.4], val))
+    fake_run(root, "loss=fc__seed_everything=0", {"model.init_args.loss": "fc", "seed_everything": "0"}, config(FC),
+             error="training diverged at step 3")
+    unfinished = root / "loss=fc__seed_everything=1"
+    unfinished.mkdir()
+    (unfinished / RUN_FILE).write_text("{}")
+    return root
+
+
+def test_runs_are_grouped_over_seeds_with_mean_and_sample_std(sweep_dir: Path) -> None:
+    results, unfinished = load_runs(sweep_dir)
+    assert unfinished == [sweep_dir / "loss=fc__seed_everything=1"]
+    summaries = {summary.description["method"]: summary for summary in summarise(results)}
+    assert set(summaries) == {"CE", "LS", "FC"}
+    ce, ls = summaries["CE"], summaries["LS"]
+    assert ce.description == {"dataset": "FashionMNIST", "noise": "SymmetricNoise", "rate": 0.4, "method": "CE",
+                              "alpha": 0.0, "teacher": None, "stage": ""}
+    assert ls.description["alpha"] == 0.4
+    assert ce.mean("acc") == pytest.approx(0.72) and ce.std("acc") == pytest.approx(0.0282843, abs=1e-6)
+    assert ls.mean("acc") == pytest.approx(0.82)
+    assert ce.mean("memorised") == pytest.approx(0.9) and ls.mean("memorised") == pytest.approx(0.4)
+    assert summaries["FC"].failed and not summaries["FC"].finished and summaries["FC"].mean("acc") is None
+
+
+def test_the_best_epoch_is_the_first_maximum_of_the_noisy_validation_accuracy(sweep_dir: Path) -> None:
+    metrics, curve = run_metrics(read_scalars(sweep_dir / "loss=ce__seed_everything=0"))
+    # val/acc_noisy 0.5, 0.6, 0.6: epoch 2 (the first maximum), not the last.
+    assert metrics["best_epoch"] == 2 and metrics["best_memorised"] == pytest.approx(0.3)
+    assert metrics["best_acc"] == pytest.approx(0.8) and metrics["acc"] == pytest.approx(0.70)
+    assert curve == pytest.approx([0.1, 0.3, 0.9])
+
+
+def test_a_resumed_run_keeps_the_later_value_of_a_step_logged_twice(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_events(run, {"test/acc": [(30, 0.1)], "train/memorised": [(10, 0.2), (20, 0.3)]})
+    first = next(run.glob("events.out.tfevents.*"))
+    os.utime(first, (1, 1))  # the first attempt's file is older
+    write_events(run, {"test/acc": [(30, 0.6)], "train/memorised": [(20, 0.4), (30, 0.5)]})
+    assert read_scalars(run) == {"test/acc": {30: pytest.approx(0.6)},
+                                 "train/memorised": {10: pytest.approx(0.2), 20: pytest.approx(0.4), 30: pytest.approx(0.5)}}
+
+
+def test_the_report_writes_tables_csv_and_plots_also_to_tensorboard(sweep_dir: Path, capsys) -> None:
+    assert run_main(["report", str(sweep_dir)]) == 0
+    assert "4 runs in 3 groups (1 failed, 1 unfinished and left out)" in capsys.readouterr().out
+    out = sweep_dir / "report"
+    table = (out / "results.md").read_text()
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 2 | 72.00 +- 2.83 | 0.200 +- 0.000 | 1.000 +- 0.000 | " \
+           "90.0 +- 0.0 | 50.0 +- 0.0 |" in table
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | LS | 0.4 | 2 | 82.00 +- 2.83 |" in table
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | FC |  | 0 (1 failed) | n/a |" in table
+    # Best-validation epochs: seed 0 peaks at epoch 2, seed 1 at epoch 2 as well; test_best/acc is 0.8.
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 2 | 2.0 +- 0.0 | 80.00 +- 0.00 | 0.100 +- 0.000 |" in table
+    assert "training diverged at step 3" in table and "Best noisy-validation epoch" in table
+    with open(out / "results.csv") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert float(rows["CE"]["acc_mean"]) == pytest.approx(0.72) and float(rows["LS"]["best_acc_mean"]) == pytest.approx(0.85)
+    assert rows["FC"]["failed"] == "1" and rows["FC"]["acc_mean"] == ""
+    for name in ("acc_vs_alpha", "ece_vs_alpha", "memorisation"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert set(events.Tags()["images"]) == {"report/acc_vs_alpha", "report/ece_vs_alpha", "report/memorisation"}
+
+
+def test_a_student_group_names_its_teacher(tmp_path: Path) -> None:
+    root = tmp_path / "kd"
+    for loss, label in ((CE, "ce"), (LS, "ls0.4")):
+        point = f"teacher.loss={label}__seed_everything=0"
+        labels = {"teacher.model.init_args.loss": label, "seed_everything": "0"}
+        teacher = fake_run(root, point, labels, config(loss), classifier_scalars(0.6, 0.1, 0.6, [0.5], [0.5]),
+                           stage="teacher")
+        fake_run(root, point, labels, config(CE, model="lsl.TeacherStudentModule"),
+                 classifier_scalars(0.65, 0.1, 0.6, [0.4], [0.5]), stage="student", teacher_run=teacher)
+    write_report(root)
+    table = (root / "report" / "results.md").read_text()
+    assert "| stage | dataset | noise | rate | teacher | method | alpha | runs |" in table
+    assert "| student | FashionMNIST | SymmetricNoise | 0.4 | LS 0.4 | KD |  | 1 | 65.00 |" in table
+    assert "| student | FashionMNIST | SymmetricNoise | 0.4 | CE | KD |  | 1 | 65.00 |" in table
+    assert "| teacher | FashionMNIST | SymmetricNoise | 0.4 |  | LS | 0.4 | 1 | 60.00 |" in table
+
+
+def test_a_folder_without_finished_runs_exits_2(tmp_path: Path, capsys) -> None:
+    assert run_main(["report", str(tmp_path)]) == 2
+    assert "no finished runs under" in capsys.readouterr().err
+    assert run_main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err

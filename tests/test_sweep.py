@@ -1,0 +1,312 @@
+"""``lsl sweep``: grid expansion, stages, resuming, failures, the SLURM scripts, and every sweep file."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from test_cli import CONFIGS, QUICKSTART, run_main, scalars
+
+from lsl.errors import ConfigError
+from lsl.sweep import DONE_FILE, FAILED_FILE, LocalRunner, SlurmOptions, load_sweep, nested, sweep_command, \
+    write_run_files, write_slurm
+
+SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
+
+
+def write_sweep(folder: Path, text: str) -> Path:
+    path = folder / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+DISTILL_SWEEP = f"""
+    name: kd
+    overrides:
+      trainer.max_epochs: 1
+    stages:
+      teacher:
+        config: {QUICKSTART}
+      student:
+        config: {CONFIGS / "quickstart_distill.yaml"}
+        teacher: teacher
+        overrides:
+          model.init_args.temperature: 2.0
+    grid:
+      teacher.model.init_args.loss:
+        ce: {{class_path: lsl.losses.CrossEntropy}}
+        ls: {{class_path: lsl.losses.LabelSmoothing, init_args: {{alpha: 0.4}}}}
+      seed_everything: [0, 1, 2]
+"""
+
+
+# --------------------------------------------------------------------------------------------- expansion
+
+
+def test_the_grid_is_the_product_of_its_axes_with_readable_point_names(tmp_path: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path, f"""
+        config: {QUICKSTART}
+        overrides: {{trainer.max_epochs: 3}}
+        grid:
+          data.init_args.noise.init_args.rate: [0.2, 0.4]
+          model.init_args.loss:
+            - {{class_path: lsl.losses.CrossEntropy}}
+            - {{class_path: lsl.losses.LabelSmoothing, init_args: {{alpha: 0.1}}}}
+            - {{class_path: lsl.losses.LabelSmoothing, init_args: {{alpha: 0.4}}}}
+          seed_everything: [0, 1]
+    """))
+    runs = sweep.runs(tmp_path / "logs")
+    assert sweep.name == "sweep" and len(runs) == 2 * 3 * 2
+    assert len({run.point for run in runs}) == 12
+    assert runs[0].point == "rate=0.2__loss=CrossEntropy__seed_everything=0"
+    assert runs[-1].point == "rate=0.4__loss=LabelSmoothing-alpha0.4__seed_everything=1"
+    last = runs[-1]
+    assert last.directory == tmp_path / "logs" / "sweep" / last.point
+    assert last.overrides["trainer.max_epochs"] == 3
+    assert last.overrides["data.init_args.noise.init_args.rate"] == 0.4
+    assert last.overrides["model.init_args.loss"] == {"class_path": "lsl.losses.LabelSmoothing",
+                                                       "init_args": {"alpha": 0.4}}
+    logger = last.overrides["trainer.logger"]["init_args"]
+    assert Path(logger["save_dir"]) / logger["name"] / logger["version"] == last.directory
+
+
+def test_stages_scope_their_keys_and_the_student_gets_its_teachers_checkpoint(tmp_path: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path, DISTILL_SWEEP))
+    runs = sweep.runs(tmp_path / "logs")
+    assert [run.stage.name for run in runs[:4]] == ["teacher", "student", "teacher", "student"]
+    assert len(runs) == 2 * 3 * 2
+    for teacher, student in zip(runs[::2], runs[1::2]):
+        assert teacher.point == student.point and student.teacher is teacher
+        assert student.overrides["model.init_args.teacher_checkpoint"] == str(
+            (teacher.directory / "checkpoints" / "last.ckpt").absolute())
+        # The loss axis is the teacher's; the temperature is the student's; both get the seed and the epochs.
+        assert "model.init_args.loss" in teacher.overrides and "model.init_args.loss" not in student.overrides
+        assert student.overrides["model.init_args.temperature"] == 2.0
+        assert "model.init_args.temperature" not in teacher.overrides
+        assert teacher.overrides["seed_everything"] == student.overrides["seed_everything"]
+        assert teacher.overrides["trainer.max_epochs"] == student.overrides["trainer.max_epochs"] == 1
+        assert student.directory == teacher.directory.parent / "student"
+    assert runs[-1].point == "teacher.loss=ls__seed_everything=2"
+
+
+def test_dotted_overrides_become_the_nested_config_lightning_reads() -> None:
+    assert nested({"trainer.max_epochs": 2, "model.init_args.loss": {"class_path": "X"},
+                   "model.init_args.loss.init_args.alpha": 0.1}) == {
+        "trainer": {"max_epochs": 2},
+        "model": {"init_args": {"loss": {"class_path": "X", "init_args": {"alpha": 0.1}}}}}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("grid: {seed_everything: [0]}", "exactly one of 'config'"),
+    (f"config: {QUICKSTART}\ngrid: {{seed_everything: []}}", "has no values"),
+    (f"config: {QUICKSTART}\ngrid: {{sed_everything: [0]}}", "'sed_everything' is neither a config key"),
+    (f"config: {QUICKSTART}\ngrid: {{seed_everything: 3}}", "needs a list of values"),
+    ("config: missing.yaml", "does not exist"),
+    (f"config: {QUICKSTART}\ngird: {{}}", "unknown key(s) ['gird']"),
+    (f"config: {QUICKSTART}\nname: 'a b'", "sweep name 'a b'"),
+    (f"stages: {{s: {{config: {QUICKSTART}, teacher: t}}}}", "teacher='t' is not an earlier stage"),
+    (f"stages: {{model: {{config: {QUICKSTART}}}}}", "stage name 'model'"),
+    (f"config: {QUICKSTART}\ngrid: {{model.init_args.loss: {{'a b': 1}}}}", "label 'a b' names a folder"),
+])
+def test_a_bad_sweep_file_is_a_config_error_naming_the_key(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=None) as error:
+        load_sweep(write_sweep(tmp_path, text))
+    assert fragment in str(error.value)
+
+
+def test_a_bad_sweep_exits_2_through_the_console_script(tmp_path: Path, capsys) -> None:
+    assert run_main(["sweep", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "lsl: error: sweep file" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda path: path.name)
+def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path: Path, tmp_path: Path, capsys) -> None:
+    sweep = load_sweep(path)
+    runs = sweep.runs(tmp_path / "logs")
+    assert len(runs) == len({run.directory for run in runs}) > 1
+    # One run for each value of each axis, in each stage: every override is parsed once, not every product.
+    chosen = {}
+    for run in runs:
+        for key, label in run.labels.items():
+            chosen.setdefault((run.stage.name, key, label), run)
+    for run in {id(run): run for run in chosen.values()}.values():
+        write_run_files(sweep, run)
+        assert run_main(["fit", "--config", str(run.stage.config), "--config",
+                         str(run.directory / "overrides.yaml"), "--print_config"]) == 0, run.name
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["trainer"]["logger"]["init_args"]["save_dir"] == str(run.directory.parent)
+        if run.teacher is not None:
+            assert printed["model"]["init_args"]["teacher_checkpoint"].endswith("teacher/checkpoints/last.ckpt")
+
+
+# ------------------------------------------------------------------------------------- running locally
+
+FAKE_LSL = """
+import pathlib, sys, time
+arguments = sys.argv[1:]
+overrides = pathlib.Path(arguments[arguments.index("--config", 2) + 1])
+text = overrides.read_text()
+time.sleep(0.05)
+if "loss=fail" in text:
+    print("lsl: error: training diverged at step 3: the loss is nan")
+    sys.exit(2)
+(overrides.parent / "fake_ran").write_text(" ".join(arguments))
+"""
+
+
+def fake_runner(sweep, runs, tmp_path: Path, **options) -> tuple[LocalRunner, io.StringIO]:
+    script = tmp_path / "fake_lsl.py"
+    script.write_text(FAKE_LSL)
+    out = io.StringIO()
+    return LocalRunner(sweep, runs, parallel=2, out=out, poll_s=0.01, lsl_command=[sys.executable, str(script)],
+                       **options), out
+
+
+def test_the_local_runner_runs_teachers_before_students_and_skips_what_is_done(tmp_path: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path, DISTILL_SWEEP))
+    runs = sweep.runs(tmp_path / "logs")
+    runner, out = fake_runner(sweep, runs, tmp_path)
+    assert runner.run() == 0
+    assert all((run.directory / DONE_FILE).is_file() for run in runs)
+    log = out.getvalue()
+    for teacher, student in zip(runs[::2], runs[1::2]):
+        assert log.index(f"finished {teacher.name}") < log.index(f"started {student.name}")
+    assert "12/12 done, 0 running, 0 failed" in log
+    # Started again, nothing runs; a run whose marker is gone runs again, resuming from its last.ckpt.
+    (runs[3].directory / DONE_FILE).unlink()
+    (runs[3].directory / "checkpoints").mkdir()
+    (runs[3].directory / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (runs[3].directory / "fake_ran").unlink()
+    runner, out = fake_runner(sweep, sweep.runs(tmp_path / "logs"), tmp_path)
+    assert runner.run() == 0
+    assert "11 already done, 1 to run" in out.getvalue()
+    assert [run for run in runs if (run.directory / "fake_ran").exists() and
+            "--ckpt_path" in (run.directory / "fake_ran").read_text()] == [runs[3]]
+
+
+def test_a_failed_teacher_fails_its_student_and_is_recorded_not_retried(tmp_path: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path, DISTILL_SWEEP.replace("ls: {", "fail: {")))
+    runs = sweep.runs(tmp_path / "logs")
+    runner, out = fake_runner(sweep, runs, tmp_path)
+    assert runner.run() == 6  # 3 failed teachers and their 3 students
+    failed_teachers = [run for run in runs if run.stage.name == "teacher" and "fail" in run.point]
+    for teacher in failed_teachers:
+        record = json.loads((teacher.directory / FAILED_FILE).read_text())
+        assert record["exit_code"] == 2 and record["error"] == "training diverged at step 3: the loss is nan"
+    assert out.getvalue().count("skipped") == 3 and "its teacher" in out.getvalue()
+    runner, out = fake_runner(sweep, sweep.runs(tmp_path / "logs"), tmp_path)
+    assert runner.run() == 6 and "6 already done, 0 to run" in out.getvalue()
+    assert "3 failed before, not retried (--retry-failed); 3 wait on a failed teacher" in out.getvalue()
+    runner, out = fake_runner(sweep, sweep.runs(tmp_path / "logs"), tmp_path, retry_failed=True)
+    assert runner.run() == 6 and "6 to run" in out.getvalue()
+
+
+def test_a_real_sweep_of_quickstart_runs_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
+    sweep_file = write_sweep(tmp_path, f"""
+        name: tiny
+        config: {QUICKSTART}
+        overrides:
+          trainer.max_epochs: 2
+          trainer.enable_progress_bar: false
+          checkpoint.monitor: val/acc_noisy
+          checkpoint.mode: max
+          checkpoint.save_top_k: 1
+          checkpoint.filename: best
+        grid:
+          seed_everything: [0, 1]
+    """)
+    logs = tmp_path / "logs"
+    out = io.StringIO()
+    assert sweep_command(["--config", str(sweep_file), "--parallel", "2", "--logs", str(logs)], out) == 0
+    runs = load_sweep(sweep_file).runs(logs)
+    for run in runs:
+        assert (run.directory / DONE_FILE).is_file() and (run.directory / "checkpoints" / "best.ckpt").is_file()
+        logged = scalars(run.directory)
+        assert {"test/acc", "test_best/acc", "val/acc_noisy"} <= set(logged)
+        assert len(logged["val/acc_noisy"]) == 2
+    first_events = sorted(runs[0].directory.glob("events.out.tfevents.*"))
+    # An interrupted sweep: the second run lost its marker, as if killed after its last epoch.
+    (runs[1].directory / DONE_FILE).unlink()
+    out = io.StringIO()
+    assert sweep_command(["--config", str(sweep_file), "--parallel", "2", "--logs", str(logs)], out) == 0
+    assert "1 already done, 1 to run" in out.getvalue()
+    assert f"started {runs[1].name} (resuming from its last.ckpt)" in out.getvalue()
+    assert sorted(runs[0].directory.glob("events.out.tfevents.*")) == first_events  # the finished run untouched
+    assert (runs[1].directory / DONE_FILE).is_file()
+
+
+def test_dry_run_lists_each_run_with_its_state_and_command(tmp_path: Path) -> None:
+    sweep_file = write_sweep(tmp_path, DISTILL_SWEEP)
+    out = io.StringIO()
+    assert sweep_command(["--config", str(sweep_file), "--dry-run", "--logs", str(tmp_path / "logs")], out) == 0
+    text = out.getvalue()
+    assert text.startswith("sweep kd: 12 runs (0 done), 6 grid points x 2 stage(s)")
+    assert text.count("todo") == 12 and "(after teacher.loss=ce__seed_everything=0/teacher)" in text
+    assert f"lsl fit --config {QUICKSTART} --config {tmp_path}/logs/kd/teacher.loss=ce__seed_everything=0/teacher/" \
+           "overrides.yaml" in text
+    assert not (tmp_path / "logs").exists()
+
+
+# ------------------------------------------------------------------------------------------------ SLURM
+
+
+def test_slurm_writes_an_array_per_stage_chained_task_by_task(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(write_sweep(tmp_path, DISTILL_SWEEP))
+    runs = sweep.runs(Path("logs"))
+    submit = write_slurm(sweep, runs, SlurmOptions(gpus=2, time="01:00:00", partition="gpu", max_concurrent=4),
+                         Path("logs/kd/slurm"))
+    teacher = (tmp_path / "logs/kd/slurm/teacher.sbatch").read_text()
+    student = (tmp_path / "logs/kd/slurm/student.sbatch").read_text()
+    for script, stage in ((teacher, "teacher"), (student, "student")):
+        assert "#SBATCH --array=0-5%4" in script
+        assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --gres=gpu:2" in script
+        assert "#SBATCH --partition=gpu" in script and "#SBATCH --time=01:00:00" in script
+        assert f"#SBATCH --job-name=kd-{stage}" in script
+        directories = [line.strip() for line in script.split("runs=(\n")[1].split("\n)")[0].splitlines()]
+        assert directories == [str(run.directory) for run in runs if run.stage.name == stage]
+        assert ('srun lsl fit --config {config} --config "$run/overrides.yaml" --trainer.accelerator=gpu '
+                '--trainer.devices=2 --trainer.num_nodes=1 --trainer.strategy=ddp "${{resume[@]}}"').format(
+            config=runs[0 if stage == "teacher" else 1].stage.config) in script
+        assert 'if [ -f "$run/sweep_done.json" ]' in script
+    lines = submit.read_text().splitlines()
+    assert "job_teacher=$(sbatch --parsable logs/kd/slurm/teacher.sbatch)" in lines
+    assert "job_student=$(sbatch --parsable --dependency=aftercorr:${job_teacher} logs/kd/slurm/student.sbatch)" in lines
+    for run in runs:  # each task's overrides are on disk before anything is submitted
+        assert yaml.safe_load((tmp_path / run.directory / "overrides.yaml").read_text())["seed_everything"] in (0, 1, 2)
+
+
+def test_the_slurm_task_script_runs_a_task_and_marks_it_done(tmp_path: Path, monkeypatch) -> None:
+    """The generated script itself, with srun and lsl stubbed: task 1 runs run 1, then finds it done."""
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(write_sweep(tmp_path, f"config: {QUICKSTART}\ngrid: {{seed_everything: [0, 1, 2]}}"))
+    runs = sweep.runs(Path("logs"))
+    write_slurm(sweep, runs, SlurmOptions(gpus=1), Path("logs/sweep/slurm"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\necho "srun $*" >> calls.txt\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_JOB_ID": "77"}
+    for _ in range(2):
+        done = subprocess.run(["bash", "logs/sweep/slurm/runs.sbatch"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls == [f"srun lsl fit --config {QUICKSTART} --config {runs[1].directory}/overrides.yaml "
+                     "--trainer.accelerator=gpu --trainer.devices=1 --trainer.num_nodes=1"]
+    assert json.loads((runs[1].directory / DONE_FILE).read_text())["slurm_job"] == "77"
+    assert "finished earlier" in done.stdout
+
+
+def test_lsl_sweep_slurm_through_the_console_script(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    sweep_file = write_sweep(tmp_path, DISTILL_SWEEP)
+    assert run_main(["sweep", "--config", str(sweep_file), "--slurm", "--gpus", "1"]) == 0
+    assert "wrote 2 array job script(s) for 12 runs; submit with: bash logs/kd/slurm/submit.sh" in capsys.readouterr().out
+    assert "--trainer.strategy" not in (tmp_path / "logs/kd/slurm/teacher.sbatch").read_text()
