@@ -196,6 +196,21 @@ def test_same_seeds_give_the_same_labels_and_metrics(tmp_path: Path, monkeypatch
     assert first["train/loss"] != other_seed["train/loss"]
 
 
+def test_fit_also_tests_the_best_validation_checkpoint_as_test_best(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # The highest validation NLL is an early epoch, so the "best" checkpoint is surely not the final weights.
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--trainer.max_epochs=3", "--checkpoint.monitor=val/nll",
+                     "--checkpoint.mode=max", "--checkpoint.save_top_k=1", "--checkpoint.filename=best"]) == 0
+    run = tmp_path / "logs" / "quickstart" / "version_0"
+    logged = scalars(run)
+    best_epoch = int(np.argmax(logged["val/nll"]))
+    assert best_epoch < 2 and logged["test_best/acc"][-1] != logged["test/acc"][-1]
+    assert run_main(["test", "--config", QUICKSTART, *QUIET, "--ckpt_path", str(run / "checkpoints" / "best.ckpt")]) == 0
+    retested = scalars(tmp_path / "logs" / "quickstart" / "version_1")
+    assert retested["test/acc"][-1] == pytest.approx(logged["test_best/acc"][-1], abs=1e-6)
+    assert "test_best/acc" not in retested
+
+
 def test_a_checkpoint_from_lsl_fit_loads_with_no_other_argument(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     # jsonargparse carries the quickstart's alpha over to the new loss class: unset it to link the data's T.
