@@ -281,7 +281,8 @@ def _csv_number(value: float | None) -> str:
 # ------------------------------------------------------------------------------------------------- plots
 
 
-def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: str | None, ylabel: str):
+def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: str | None, ylabel: str,
+                       scale: float = 1.0):
     """One panel per noise rate, one line per method: the metric against alpha (cross-entropy is LS at 0).
 
     The last epoch is solid; the best noisy-validation epoch, when given, dashed. A method with no alpha
@@ -296,10 +297,13 @@ def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: 
     figure, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
     for axis, rate in zip(axes[0], rates):
         panel = [s for s in classifiers if s.description["rate"] == rate]
-        for method in sorted({s.description["method"] for s in panel}):
+        methods = sorted({s.description["method"] for s in panel})
+        if "LS" in methods and "CE" in methods:
+            methods.remove("CE")  # drawn as alpha 0 of the LS line
+        for method in methods:
             series = [s for s in panel if s.description["method"] == method
                       or (method == "LS" and s.description["method"] == "CE")]
-            _plot_series(axis, method, series, metric, best_metric)
+            _plot_series(axis, method, series, metric, best_metric, scale)
         axis.set_title(f"noise rate {rate}" if rate is not None else "no noise")
         axis.set_xlabel("alpha")
         axis.set_ylabel(ylabel)
@@ -309,21 +313,22 @@ def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: 
     return figure
 
 
-def _plot_series(axis, method: str, series: list[GroupSummary], metric: str, best_metric: str | None) -> None:
+def _plot_series(axis, method: str, series: list[GroupSummary], metric: str, best_metric: str | None,
+                 scale: float) -> None:
     with_alpha = sorted((s for s in series if s.description["alpha"] is not None), key=lambda s: s.description["alpha"])
-    if method == "CE" and any(s.description["method"] == "LS" for s in series):
-        return  # drawn as alpha 0 of the LS line
-    if len(with_alpha) > 1 or (with_alpha and method in ("LS", "CE")):
+    if method == "LS" and any(s.description["method"] == "CE" for s in series):
+        method = "LS (alpha 0: CE)"
+    if len(with_alpha) > 1 or (with_alpha and method.startswith(("LS", "CE"))):
         lines = [(metric, "-", "last epoch")] + ([(best_metric, "--", "best val")] if best_metric else [])
         for name, style, what in lines:
-            points = [(s.description["alpha"], s.mean(name), s.std(name) or 0.0) for s in with_alpha
+            points = [(s.description["alpha"], scale * s.mean(name), scale * (s.std(name) or 0.0)) for s in with_alpha
                       if s.mean(name) is not None]
             if points:
                 x, y, error = zip(*points)
                 axis.errorbar(x, y, yerr=error, linestyle=style, marker="o", capsize=3, label=f"{method} ({what})")
     else:
         for summary in series:
-            axis.axhline(summary.mean(metric), linestyle=":", label=f"{method} (last epoch)",
+            axis.axhline(scale * summary.mean(metric), linestyle=":", label=f"{method} (last epoch)",
                          color=f"C{len(axis.lines) % 10}")
 
 
@@ -387,7 +392,7 @@ def write_report(sweep_dir: Path, out: Path | None = None, stream=None) -> Path:
     summaries = summarise(results)
     (out / "results.md").write_text(markdown_tables(summaries, f"Sweep {sweep_dir.name}"))
     write_csv(summaries, out / "results.csv")
-    figures = {"acc_vs_alpha": plot_against_alpha(summaries, "acc", "best_acc", "test accuracy"),
+    figures = {"acc_vs_alpha": plot_against_alpha(summaries, "acc", "best_acc", "test accuracy (%)", scale=100),
                "ece_vs_alpha": plot_against_alpha(summaries, "ece", "best_ece", "test ECE"),
                "memorisation": plot_memorisation(summaries)}
     writer = SummaryWriter(str(out))

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_cli import run_main
 from torch.utils.tensorboard import SummaryWriter
 
-from lsl.report import load_runs, read_scalars, run_metrics, summarise, write_report
+from lsl.report import load_runs, plot_against_alpha, read_scalars, run_metrics, summarise, write_report
 from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE
 
 LS = {"class_path": "lsl.losses.LabelSmoothing", "init_args": {"alpha": 0.4}}
@@ -157,3 +157,13 @@ def test_a_folder_without_finished_runs_exits_2(tmp_path: Path, capsys) -> None:
     assert "no finished runs under" in capsys.readouterr().err
     assert run_main(["report", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_the_alpha_plot_joins_cross_entropy_to_the_ls_line_at_alpha_0(sweep_dir: Path) -> None:
+    summaries = summarise(load_runs(sweep_dir)[0])
+    figure = plot_against_alpha(summaries, "acc", "best_acc", "test accuracy (%)", scale=100)
+    containers = {container.get_label(): container for container in figure.axes[0].containers}
+    assert set(containers) == {"LS (alpha 0: CE) (last epoch)", "LS (alpha 0: CE) (best val)"}
+    last = containers["LS (alpha 0: CE) (last epoch)"].lines[0].get_xydata()
+    assert last.ravel().tolist() == pytest.approx([0.0, 72.0, 0.4, 82.0])
+    assert figure.axes[0].get_title() == "noise rate 0.4"
