@@ -121,6 +121,12 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
+DESCRIPTION = ("lsl: label smoothing under label noise. The Trainer subcommands are below. Three more, each with "
+               "its own --help: `lsl sweep --config SWEEP.yaml` runs a grid of runs (or writes SLURM jobs for it), "
+               "`lsl report logs/<sweep>` writes its tables and plots, `lsl estimate-t --ckpt ... --config ... "
+               "--out T.npy` estimates the noise transition matrix from a checkpoint.")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lsl`` console script and ``python -m lsl``; exits 2 on bad input."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -143,6 +149,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": DESCRIPTION},
             args=args,
         )
     except Exception as error:
