@@ -201,8 +201,9 @@ class TeacherStudentModule(Classifier):
 
     def training_loss(self, logits: Tensor, batch: Batch) -> Tensor:
         losses = self.distillation_losses(logits, batch)
-        self.log("train/kd_loss", losses["kd_loss"], on_step=True, on_epoch=False)
-        self.log("train/task_loss", losses["task_loss"], on_step=True, on_epoch=False)
+        if self.writes_step_metrics():
+            self.log("train/kd_loss", losses["kd_loss"], on_step=True, on_epoch=False)
+            self.log("train/task_loss", losses["task_loss"], on_step=True, on_epoch=False)
         return losses["loss"]
 
     def distillation_losses(self, logits: Tensor, batch: Batch) -> dict[str, Tensor]:

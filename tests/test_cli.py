@@ -259,3 +259,20 @@ def test_predict_writes_the_test_probabilities_into_its_run(tmp_path: Path, monk
     torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(360))
     accuracy = (probabilities.argmax(dim=1) == target).float().mean().item()
     assert accuracy == pytest.approx(scalars(checkpoint.parents[1])["test/acc"][-1], abs=1e-6)
+
+
+def test_step_metrics_logged_only_on_writing_steps_give_the_same_tensorboard_points(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    short = ["--config", QUICKSTART, *QUIET, "--trainer.max_steps=20", "--trainer.log_every_n_steps=3",
+             "--trainer.deterministic=true", "--test_after_fit=false"]
+    assert run_main(["fit", *short]) == 0
+    monkeypatch.setattr(Classifier, "writes_step_metrics", lambda self: True)  # log every step, as Lightning's examples
+    assert run_main(["fit", *short]) == 0
+    runs = [EventAccumulator(str(tmp_path / "logs" / "quickstart" / f"version_{i}")) for i in range(2)]
+    for events in runs:
+        events.Reload()
+    for tag in ("train/loss", "train/lr"):
+        only_written, every_step = ([(e.step, e.value) for e in events.Scalars(tag)] for events in runs)
+        assert [step for step, _ in only_written] == [2, 5, 8, 11, 14, 17]
+        assert only_written == every_step
