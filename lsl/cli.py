@@ -136,9 +136,9 @@ def main(args: list[str] | None = None) -> None:
             estimate_t_command(argv[1:])
             return
         if argv[:1] == ["sweep"]:
-            failed = sweep_command(argv[1:])
-            if failed:
-                sys.exit(1)
+            status = sweep_command(argv[1:])
+            if status:
+                sys.exit(status)
             return
         if argv[:1] == ["report"]:
             report_command(argv[1:])

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -365,7 +366,15 @@ class LocalRunner:
         self.durations: list[float] = []
 
     def run(self) -> int:
-        """Run everything pending; returns the number of failed runs."""
+        """Run everything pending; returns the number of failed runs. On Ctrl-C or SIGTERM the running runs are
+        stopped (each resumes from its last.ckpt next time) and KeyboardInterrupt propagates."""
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return self._run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self) -> int:
         self._say(f"{len(self.runs)} runs, {self.finished} already done, {len(self.pending)} to run, "
                   f"{self.parallel} at a time"
                   + (f"; {len(self.failed) - len(self.blocked)} failed before, not retried (--retry-failed)"
@@ -442,6 +451,10 @@ class LocalRunner:
             estimate = sum(self.durations) / len(self.durations) * left / self.parallel
             text += f", ~{_duration(estimate)} left"
         return text
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _duration(seconds: float) -> str:
@@ -562,7 +575,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def sweep_command(argv: list[str], out=None) -> int:
-    """``lsl sweep``: returns the number of failed runs."""
+    """``lsl sweep``: returns the exit status: 0, 1 when a run failed, 130 when interrupted."""
     out = out or sys.stdout
     options = _parser().parse_args(argv)
     if options.parallel < 1:
@@ -579,7 +592,11 @@ def sweep_command(argv: list[str], out=None) -> int:
         submit = write_slurm(sweep, runs, slurm, options.logs / sweep.name / "slurm")
         print(f"wrote {len(sweep.stages)} array job script(s) for {len(runs)} runs; submit with: bash {submit}", file=out)
         return 0
-    return LocalRunner(sweep, runs, options.parallel, out, retry_failed=options.retry_failed).run()
+    try:
+        failed = LocalRunner(sweep, runs, options.parallel, out, retry_failed=options.retry_failed).run()
+    except KeyboardInterrupt:
+        return 130
+    return 1 if failed else 0
 
 
 def _list_runs(sweep: Sweep, runs: list[Run], out) -> None:

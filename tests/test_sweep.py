@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -149,11 +153,11 @@ def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path
 # ------------------------------------------------------------------------------------- running locally
 
 FAKE_LSL = """
-import pathlib, sys, time
+import os, pathlib, sys, time
 arguments = sys.argv[1:]
 overrides = pathlib.Path(arguments[arguments.index("--config", 2) + 1])
 text = overrides.read_text()
-time.sleep(0.05)
+time.sleep(float(os.environ.get("FAKE_LSL_SECONDS", "0.05")))
 if "loss=fail" in text:
     print("lsl: error: training diverged at step 3: the loss is nan")
     sys.exit(2)
@@ -206,6 +210,25 @@ def test_a_failed_teacher_fails_its_student_and_is_recorded_not_retried(tmp_path
     assert "3 failed before, not retried (--retry-failed); 3 wait on a failed teacher" in out.getvalue()
     runner, out = fake_runner(sweep, sweep.runs(tmp_path / "logs"), tmp_path, retry_failed=True)
     assert runner.run() == 6 and "6 to run" in out.getvalue()
+
+
+def test_sigterm_stops_the_running_runs_and_the_next_start_runs_them(tmp_path: Path, monkeypatch) -> None:
+    sweep = load_sweep(write_sweep(tmp_path, f"config: {QUICKSTART}\ngrid: {{seed_everything: [0, 1, 2]}}"))
+    runs = sweep.runs(tmp_path / "logs")
+    monkeypatch.setenv("FAKE_LSL_SECONDS", "60")
+    runner, out = fake_runner(sweep, runs, tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert time.monotonic() - started < 30  # the 60 s children were killed, not waited for
+    assert "interrupted: 2 running runs stopped" in out.getvalue()
+    assert not any((run.directory / DONE_FILE).exists() or (run.directory / FAILED_FILE).exists() for run in runs)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the runner's own handler is gone again
+    monkeypatch.setenv("FAKE_LSL_SECONDS", "0")
+    runner, out = fake_runner(sweep, sweep.runs(tmp_path / "logs"), tmp_path)
+    assert runner.run() == 0 and "0 already done, 3 to run" in out.getvalue()
 
 
 def test_a_real_sweep_of_quickstart_runs_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
