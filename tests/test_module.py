@@ -610,7 +610,7 @@ def _seeded_fit(tmp_path: Path, seed: int, run: str):
     data = digits_data(tmp_path / "digits", artifact_dir=str(tmp_path / run / "noise"), train_subset=600)
     model = Classifier(backbone=functools.partial(SmallCNN, width=8, hidden=32), loss=LabelSmoothing(0.1),
                        noise=SymmetricNoise(0.4), num_classes=10)
-    trainer = cpu_trainer(tmp_path / run, max_epochs=1, deterministic=True)
+    trainer = cpu_trainer(tmp_path / run, max_epochs=1, deterministic=True, log_every_n_steps=1)
     trainer.fit(model, datamodule=data)
     metrics = {name: as_float(value) for name, value in trainer.callback_metrics.items()}
     return model.state_dict(), metrics, data.train_set.noisy.clone(), data.train_set.clean.clone()
@@ -648,7 +648,8 @@ def test_bf16_mixed_fit_with_forward_correction_is_finite(tmp_path):
     pl.seed_everything(0, verbose=False)
     recorder = RecordBatches()
     model = Classifier(backbone=SmallCNN, loss=ForwardCorrection(), noise=SymmetricNoise(0.4), num_classes=10)
-    trainer = cpu_trainer(tmp_path, precision="bf16-mixed", max_steps=2, limit_val_batches=0, callbacks=[recorder])
+    trainer = cpu_trainer(tmp_path, precision="bf16-mixed", max_steps=2, limit_val_batches=0, callbacks=[recorder],
+                          log_every_n_steps=1)
     trainer.fit(model, datamodule=digits_data(tmp_path / "digits"))
     assert trainer.global_step == 2 and len(recorder.returned) == 2
     for loss in recorder.returned:
