@@ -203,11 +203,23 @@ def _teacher_config(info: dict[str, Any]) -> dict[str, Any] | None:
     return _read_config(Path(teacher)) if teacher else None
 
 
+METHOD_ORDER = ["CE", "LS", "FC", "BC", "KD"]
+
+
 def summarise(results: list[RunResult]) -> list[GroupSummary]:
+    """Runs grouped over seeds, ordered as a paper's table: stage, dataset, noise rate, CE, LS by alpha, FC, BC."""
     groups: dict[tuple, GroupSummary] = {}
     for result in results:
         groups.setdefault(result.group, GroupSummary(result.description, [])).runs.append(result)
-    return list(groups.values())
+    return sorted(groups.values(), key=_table_order)
+
+
+def _table_order(summary: GroupSummary) -> tuple:
+    description = summary.description
+    method = description["method"]
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (description["stage"] == "student", description["dataset"], _sort_key(description["rate"]),
+            _sort_key(description["teacher"]), rank, method, _sort_key(description["alpha"]))
 
 
 # ------------------------------------------------------------------------------------------------ tables
