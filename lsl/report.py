@@ -340,8 +340,8 @@ def _plot_series(axis, method: str, series: list[GroupSummary], metric: str, bes
                 axis.errorbar(x, y, yerr=error, linestyle=style, marker="o", capsize=3, label=f"{method} ({what})")
     else:
         for summary in series:
-            axis.axhline(scale * summary.mean(metric), linestyle=":", label=f"{method} (last epoch)",
-                         color=f"C{len(axis.lines) % 10}")
+            color = f"C{2 + METHOD_ORDER.index(method) if method in METHOD_ORDER else 7}"  # C0, C1: the LS lines
+            axis.axhline(scale * summary.mean(metric), linestyle=":", label=f"{method} (last epoch)", color=color)
 
 
 def plot_memorisation(summaries: list[GroupSummary]):
