@@ -407,6 +407,8 @@ def write_report(sweep_dir: Path, out: Path | None = None, stream=None) -> Path:
     figures = {"acc_vs_alpha": plot_against_alpha(summaries, "acc", "best_acc", "test accuracy (%)", scale=100),
                "ece_vs_alpha": plot_against_alpha(summaries, "ece", "best_ece", "test ECE"),
                "memorisation": plot_memorisation(summaries)}
+    for stale in out.glob("events.out.tfevents.*"):  # an earlier report's figures: TensorBoard would show both
+        stale.unlink()
     writer = SummaryWriter(str(out))
     for name, figure in figures.items():
         if figure is not None:

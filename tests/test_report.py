@@ -130,6 +130,8 @@ def test_the_report_writes_tables_csv_and_plots_also_to_tensorboard(sweep_dir: P
     assert rows["FC"]["failed"] == "1" and rows["FC"]["acc_mean"] == ""
     for name in ("acc_vs_alpha", "ece_vs_alpha", "memorisation"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_main(["report", str(sweep_dir)]) == 0  # again: the figures are replaced, not added twice
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1
     events = EventAccumulator(str(out))
     events.Reload()
     assert set(events.Tags()["images"]) == {"report/acc_vs_alpha", "report/ece_vs_alpha", "report/memorisation"}
