@@ -144,7 +144,7 @@ def describe(config: dict[str, Any], teacher_config: dict[str, Any] | None = Non
     model_name = _short(model.get("class_path", ""))
     description = {
         "dataset": _short((data.get("dataset") or {}).get("class_path", "")),
-        "noise": _short(noise.get("class_path", "")) if noise else "none",
+        "noise": _noise_name(noise),
         "rate": (noise.get("init_args") or {}).get("rate"),
         "method": METHOD_NAMES.get(model_name) or METHOD_NAMES.get(_short(loss["class_path"]), _short(loss["class_path"])),
         "alpha": None if model_name == "TeacherStudentModule" else _alpha(loss),
@@ -154,6 +154,23 @@ def describe(config: dict[str, Any], teacher_config: dict[str, Any] | None = Non
         teacher = describe(teacher_config)
         description["teacher"] = teacher["method"] + (f" {teacher['alpha']:g}" if teacher["alpha"] else "")
     return description
+
+
+def _noise_name(noise: dict[str, Any]) -> str:
+    """``SymmetricNoise``; a human-noise label set is named by its key: ``HumanNoise(worse_label)``."""
+    if not noise:
+        return "none"
+    key = (noise.get("init_args") or {}).get("key")
+    return _short(noise.get("class_path", "")) + (f"({key})" if key else "")
+
+
+def _panel(summary: GroupSummary) -> tuple:
+    """The noise a plot panel shows: its model and rate."""
+    return summary.description["noise"], summary.description["rate"]
+
+
+def _panel_title(noise: str, rate: float | None) -> str:
+    return f"{noise} {rate:g}" if rate is not None else noise
 
 
 def _alpha(loss: dict[str, Any]) -> float | None:
@@ -218,7 +235,7 @@ def _table_order(summary: GroupSummary) -> tuple:
     description = summary.description
     method = description["method"]
     rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (description["stage"] == "student", description["dataset"], _sort_key(description["rate"]),
+    return (description["stage"] == "student", description["dataset"], description["noise"], _sort_key(description["rate"]),
             _sort_key(description["teacher"]), rank, method, _sort_key(description["alpha"]))
 
 
@@ -295,7 +312,7 @@ def _csv_number(value: float | None) -> str:
 
 def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: str | None, ylabel: str,
                        scale: float = 1.0):
-    """One panel per noise rate, one line per method: the metric against alpha (cross-entropy is LS at 0).
+    """One panel per noise model and rate, one line per method: the metric against alpha (cross-entropy is LS at 0).
 
     The last epoch is solid; the best noisy-validation epoch, when given, dashed. A method with no alpha
     (FC, BC with the data's T) is a horizontal line. Returns None when nothing has an alpha.
@@ -303,12 +320,12 @@ def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: 
     import matplotlib.pyplot as plt
 
     classifiers = [s for s in summaries if s.description["method"] != "KD" and s.mean(metric) is not None]
-    rates = sorted({s.description["rate"] for s in classifiers}, key=_sort_key)
+    panels = sorted({_panel(s) for s in classifiers}, key=_sort_key)
     if not classifiers or not any(s.description["alpha"] for s in classifiers):
         return None
-    figure, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
-    for axis, rate in zip(axes[0], rates):
-        panel = [s for s in classifiers if s.description["rate"] == rate]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for axis, (noise, rate) in zip(axes[0], panels):
+        panel = [s for s in classifiers if _panel(s) == (noise, rate)]
         methods = sorted({s.description["method"] for s in panel})
         if "LS" in methods and "CE" in methods:
             methods.remove("CE")  # drawn as alpha 0 of the LS line
@@ -316,7 +333,7 @@ def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: 
             series = [s for s in panel if s.description["method"] == method
                       or (method == "LS" and s.description["method"] == "CE")]
             _plot_series(axis, method, series, metric, best_metric, scale)
-        axis.set_title(f"noise rate {rate}" if rate is not None else "no noise")
+        axis.set_title(_panel_title(noise, rate))
         axis.set_xlabel("alpha")
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
@@ -345,20 +362,20 @@ def _plot_series(axis, method: str, series: list[GroupSummary], metric: str, bes
 
 
 def plot_memorisation(summaries: list[GroupSummary]):
-    """One panel per (stage, noise rate): the share of mislabelled samples fitted to their noisy label, per epoch."""
+    """One panel per stage, noise model and rate: the share of mislabelled samples fitted to their noisy label, per epoch."""
     import matplotlib.pyplot as plt
 
     curves = [(s, s.memorisation_curve()) for s in summaries]
     curves = [(s, curve) for s, curve in curves if curve]
     if not curves:
         return None
-    panels = sorted({(s.description["stage"], s.description["rate"]) for s, _ in curves}, key=_sort_key)
+    panels = sorted({(s.description["stage"], *_panel(s)) for s, _ in curves}, key=_sort_key)
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for axis, (stage, rate) in zip(axes[0], panels):
+    for axis, (stage, noise, rate) in zip(axes[0], panels):
         for summary, curve in curves:
-            if (summary.description["stage"], summary.description["rate"]) == (stage, rate):
+            if (summary.description["stage"], *_panel(summary)) == (stage, noise, rate):
                 axis.plot(range(1, len(curve) + 1), [100 * value for value in curve], label=_legend(summary))
-        axis.set_title(" ".join(part for part in (stage, f"noise rate {rate}") if part))
+        axis.set_title(" ".join(part for part in (stage, _panel_title(noise, rate)) if part))
         axis.set_xlabel("epoch")
         axis.set_ylabel("memorised (% of mislabelled samples)")
         axis.grid(alpha=0.3)

@@ -137,6 +137,20 @@ def test_the_report_writes_tables_csv_and_plots_also_to_tensorboard(sweep_dir: P
     assert set(events.Tags()["images"]) == {"report/acc_vs_alpha", "report/ece_vs_alpha", "report/memorisation"}
 
 
+def test_human_noise_label_sets_are_told_apart(tmp_path: Path) -> None:
+    root = tmp_path / "cifar10n"
+    for key in ("aggre_label", "worse_label"):
+        run_config = config(CE)
+        run_config["data"]["init_args"]["noise"] = {"class_path": "lsl.noise.HumanNoise",
+                                                    "init_args": {"path": "x.pt", "key": key}}
+        fake_run(root, f"noise={key}", {"data.init_args.noise": key}, run_config,
+                 classifier_scalars(0.8 if key == "aggre_label" else 0.6, 0.1, 0.8, [0.2], [0.5]))
+    write_report(root)
+    table = (root / "report" / "results.md").read_text()
+    assert "| FashionMNIST | HumanNoise(aggre_label) | CE | 0 | 1 | 80.00 |" in table
+    assert "| FashionMNIST | HumanNoise(worse_label) | CE | 0 | 1 | 60.00 |" in table
+
+
 def test_a_student_group_names_its_teacher(tmp_path: Path) -> None:
     root = tmp_path / "kd"
     for loss, label in ((CE, "ce"), (LS, "ls0.4")):
@@ -168,4 +182,4 @@ def test_the_alpha_plot_joins_cross_entropy_to_the_ls_line_at_alpha_0(sweep_dir:
     assert set(containers) == {"LS (alpha 0: CE) (last epoch)", "LS (alpha 0: CE) (best val)"}
     last = containers["LS (alpha 0: CE) (last epoch)"].lines[0].get_xydata()
     assert last.ravel().tolist() == pytest.approx([0.0, 72.0, 0.4, 82.0])
-    assert figure.axes[0].get_title() == "noise rate 0.4"
+    assert figure.axes[0].get_title() == "SymmetricNoise 0.4"
