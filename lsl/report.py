@@ -234,9 +234,13 @@ def summarise(results: list[RunResult]) -> list[GroupSummary]:
 def _table_order(summary: GroupSummary) -> tuple:
     description = summary.description
     method = description["method"]
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
     return (description["stage"] == "student", description["dataset"], description["noise"], _sort_key(description["rate"]),
-            _sort_key(description["teacher"]), rank, method, _sort_key(description["alpha"]))
+            _method_rank((description["teacher"] or "").split(" ")[0]), _sort_key(description["teacher"]),
+            _method_rank(method), method, _sort_key(description["alpha"]))
+
+
+def _method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 # ------------------------------------------------------------------------------------------------ tables
