@@ -373,7 +373,8 @@ def plot_memorisation(summaries: list[GroupSummary]):
     curves = [(s, curve) for s, curve in curves if curve]
     if not curves:
         return None
-    panels = sorted({(s.description["stage"], *_panel(s)) for s, _ in curves}, key=_sort_key)
+    panels = sorted({(s.description["stage"], *_panel(s)) for s, _ in curves},
+                    key=lambda panel: (panel[0] == "student", _sort_key(panel)))  # a teacher before its student
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (stage, noise, rate) in zip(axes[0], panels):
         for summary, curve in curves:
