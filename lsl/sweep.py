@@ -529,7 +529,7 @@ def _sbatch(sweep: Sweep, stage: Stage, runs: list[Run], options: SlurmOptions, 
     ]
     if options.partition:
         header.append(f"#SBATCH --partition={options.partition}")
-    trainer = [f"--trainer.accelerator=gpu", f"--trainer.devices={options.gpus}", "--trainer.num_nodes=1"]
+    trainer = ["--trainer.accelerator=gpu", f"--trainer.devices={options.gpus}", "--trainer.num_nodes=1"]
     if options.gpus > 1:
         trainer.append("--trainer.strategy=ddp")
     directories = "\n".join(f"  {shlex.quote(str(run.directory))}" for run in runs)
