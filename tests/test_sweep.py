@@ -119,7 +119,7 @@ def test_dotted_overrides_become_the_nested_config_lightning_reads() -> None:
     (f"config: {QUICKSTART}\ngrid: {{model.init_args.loss: {{'a b': 1}}}}", "label 'a b' names a folder"),
 ])
 def test_a_bad_sweep_file_is_a_config_error_naming_the_key(tmp_path: Path, text: str, fragment: str) -> None:
-    with pytest.raises(ConfigError, match=None) as error:
+    with pytest.raises(ConfigError) as error:
         load_sweep(write_sweep(tmp_path, text))
     assert fragment in str(error.value)
 
