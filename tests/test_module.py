@@ -291,7 +291,17 @@ def test_batch_without_mislabelled_samples_is_skipped_by_memorisation_metrics(da
     mislabelled = (noisy != clean)[: N // 2]
     prediction = logits[: N // 2].argmax(1)
     expected = (prediction[mislabelled] == noisy[: N // 2][mislabelled]).double().mean().item()
-    assert model.train_metrics["memorised"].compute().item() == pytest.approx(expected, abs=1e-6)
+    assert model.train_metrics.compute()["train/memorised"].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_memorisation_metrics_are_nan_when_no_sample_was_mislabelled(data):
+    logits, clean, _ = data
+    model = fixed_classifier(logits)
+    model._update_train_metrics(logits, hand_batch(logits, clean, clean, 0, N))
+    computed = model.train_metrics.compute()
+    assert computed["train/memorised"].isnan() and computed["train/corrected"].isnan()
+    accuracy = (logits.argmax(1) == clean).double().mean().item()
+    assert computed["train/acc_noisy"].item() == computed["train/acc_clean"].item() == pytest.approx(accuracy)
 
 
 def test_fit_on_clean_labels_runs(tmp_path):
