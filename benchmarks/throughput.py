@@ -5,11 +5,14 @@ Both paths train the same network on the same uint8 images with the same loss (c
 whole batches, then normalisation), with the images kept on the device. lsl's path is what ``lsl fit``
 runs: the Classifier with all its training metrics, the data module, TensorBoard logging every 50 steps
 (validation and checkpoints off, as the loop has none). The runs alternate A/B in one process; each
-reports images/s over the steps after a warm-up, and the table gives the median over rounds.
+reports images/s over the steps after a warm-up, and the table gives the median over rounds. The process
+tunes glibc's allocator as ``lsl`` does (``lsl.cli.tune_host_allocator``), so both paths run with it;
+``--malloc glibc-default`` measures both without it.
 
     python benchmarks/throughput.py                          # CPU, or CUDA when present
     python benchmarks/throughput.py --precision bf16-mixed   # one knob at a time
     python benchmarks/throughput.py --channels-last --compile --models resnet32
+    python benchmarks/throughput.py --malloc glibc-default
 
 The images are random (throughput does not depend on what they show): CIFAR-sized 3x32x32 with pad-4
 crops and flips for ResNet-32, Fashion-MNIST-sized 1x28x28 with flips for the small CNN.
@@ -35,6 +38,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lsl import Classifier, CrossEntropy, NoisyLabelDataModule
+from lsl.cli import tune_host_allocator
 from lsl.data import InMemorySource, random_crop_flip
 from lsl.models import SmallCNN, resnet32
 
@@ -157,11 +161,14 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--malloc", default="tuned", choices=["tuned", "glibc-default"],
+                        help="the host allocator for both paths: as `lsl` tunes it, or glibc's defaults")
     parser.add_argument("--paths", default="lsl,hand", help="which paths to run: lsl, hand or both (several "
                         "copies of this script started at once with --paths lsl measure runs sharing a device)")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals, once per run
+    tuned = args.malloc == "tuned" and tune_host_allocator()
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     args.warmup = args.warmup or (50 if on_gpu else 5)
@@ -170,7 +177,8 @@ def main() -> None:
     else:
         print(torch.cuda.get_device_name(device))
     print(f"torch {torch.__version__}, lightning {pl.__version__}, precision {args.precision}, "
-          f"channels_last {args.channels_last}, compile {args.compile}, batch {BATCH_SIZE}")
+          f"channels_last {args.channels_last}, compile {args.compile}, batch {BATCH_SIZE}, "
+          f"allocator {'tuned' if tuned else 'glibc defaults'}")
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -276,3 +276,32 @@ def test_step_metrics_logged_only_on_writing_steps_give_the_same_tensorboard_poi
         only_written, every_step = ([(e.step, e.value) for e in events.Scalars(tag)] for events in runs)
         assert [step for step, _ in only_written] == [2, 5, 8, 11, 14, 17]
         assert only_written == every_step
+
+
+# ------------------------------------------------------------------------------- the host allocator
+
+ALLOCATE_30_MIB = """
+import ctypes, sys
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+if sys.argv[1] == "tuned":
+    from lsl.cli import tune_host_allocator
+    assert tune_host_allocator()
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype = Mallinfo2, ctypes.c_void_p
+mapped_before = libc.mallinfo2().hblks
+buffer = libc.malloc(30 << 20)
+print(libc.mallinfo2().hblks - mapped_before)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's")
+def test_tuned_allocator_serves_activation_sized_buffers_from_the_heap():
+    """glibc maps a 30 MiB buffer with its own mmap (page faults on every reuse); after tuning, the heap serves it."""
+    def mapped_blocks(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", ALLOCATE_30_MIB, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
+    assert mapped_blocks("default") == 1
+    assert mapped_blocks("tuned") == 0
