@@ -64,19 +64,16 @@ class _LogProbLoss(nn.Module):
         raise NotImplementedError
 
 
-class CrossEntropy(_LogProbLoss):
+class CrossEntropy(nn.Module):
     """Cross-entropy, the baseline of Lukasik et al., "Does label smoothing mitigate label noise?" (ICML 2020).
 
-    Per example: ``-log p_y``.
+    Per example: ``-log p_y``, in float32 (autocast keeps ``cross_entropy`` in float32).
 
     ```yaml
     loss:
       class_path: lsl.losses.CrossEntropy
     ```
     """
-
-    def _per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
-        return -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         # PyTorch's fused kernel: the same value at half the cost of log_softmax + gather (forward and backward).

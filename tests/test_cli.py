@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -296,7 +297,7 @@ print(libc.mallinfo2().hblks - mapped_before)
 """
 
 
-@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's")
 def test_tuned_allocator_serves_activation_sized_buffers_from_the_heap():
     """glibc maps a 30 MiB buffer with its own mmap (page faults on every reuse); after tuning, the heap serves it."""
     def mapped_blocks(mode: str) -> int:
