@@ -446,8 +446,11 @@ class NoisyDataset(Dataset):
             positions = positions.pin_memory().to(self.noisy.device, non_blocking=True)
         else:
             positions = positions.to(self.noisy.device)
-        noisy, clean = self.noisy[positions], self.clean[positions]
-        return Batch(self.images[self.image_rows[positions]], noisy, clean, self.indices[positions], noisy != clean)
+        # index_select, not [], on tensors: advanced indexing costs 8x as much on a batch of uint8 images.
+        noisy, clean = self.noisy.index_select(0, positions), self.clean.index_select(0, positions)
+        rows = self.image_rows.index_select(0, positions)
+        images = self.images.index_select(0, rows) if isinstance(self.images, Tensor) else self.images[rows]
+        return Batch(images, noisy, clean, self.indices.index_select(0, positions), noisy != clean)
 
     def __getitem__(self, position: int) -> Batch:
         return Batch(*(field[0] for field in self.__getitems__([position])))
@@ -695,6 +698,11 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_as_is,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=on_host and torch.cuda.is_available())
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        if batch.input.device == device:  # the in-memory path: skip Lightning's walk over the fields
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         training = self.trainer is not None and self.trainer.training
