@@ -278,6 +278,26 @@ def test_predict_step_returns_probabilities(data):
     assert torch.equal(predicted["index"], torch.arange(5, 25)) and torch.equal(predicted["target"], clean[5:25])
 
 
+def test_train_metrics_after_a_ddp_sync_match_one_process(data):
+    # A DDP sync gathers each process's kept tensors and concatenates them: lists become tensors.
+    logits, clean, noisy = data
+    halves = [fixed_classifier(logits).train_metrics for _ in range(2)]
+    for metric, (start, stop) in zip(halves, [(0, N // 2), (N // 2, N)]):
+        metric.update(logits[start:stop], noisy[start:stop], clean[start:stop])
+    synced = halves[0]
+    for name in ("predictions", "logit_norms", "noisy_targets", "clean_targets"):
+        setattr(synced, name, torch.cat([*getattr(halves[0], name), *getattr(halves[1], name)]))
+    computed = {name: value.item() for name, value in synced.compute().items()}
+    for name, value in hand_train_metrics(logits, clean, noisy).items():
+        assert computed[f"train/{name}"] == pytest.approx(value, abs=1e-5), name
+
+
+def test_train_metrics_are_nan_before_any_update(data):
+    logits, _, _ = data
+    computed = fixed_classifier(logits).train_metrics.compute()
+    assert len(computed) == 5 and all(value.isnan() for value in computed.values())
+
+
 # ------------------------------------------------------------------- bug: batches without mislabelled samples
 
 
