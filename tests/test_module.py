@@ -19,12 +19,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
+from torchmetrics.utilities import dim_zero_cat
 
 from lsl.data import Batch, Digits, NoisyDataset, NoisyLabelDataModule
 from lsl.errors import ConfigError
 from lsl.losses import BackwardCorrection, CrossEntropy, ForwardCorrection, LabelSmoothing
 from lsl.models import SmallCNN, resnet20, resnet32
-from lsl.module import Classifier, paper_schedule, paper_sgd
+from lsl.module import Classifier, NoisyTrainingMetrics, paper_schedule, paper_sgd
 from lsl.noise import SymmetricNoise
 
 pytestmark = [
@@ -278,16 +279,18 @@ def test_predict_step_returns_probabilities(data):
     assert torch.equal(predicted["index"], torch.arange(5, 25)) and torch.equal(predicted["target"], clean[5:25])
 
 
-def test_train_metrics_after_a_ddp_sync_match_one_process(data):
-    # A DDP sync gathers each process's kept tensors and concatenates them: lists become tensors.
+def test_train_metrics_gathered_from_two_ddp_processes_match_one_process(data):
+    # Each "process" has batches still queued when compute() syncs: they must be reduced and gathered too.
     logits, clean, noisy = data
-    halves = [fixed_classifier(logits).train_metrics for _ in range(2)]
-    for metric, (start, stop) in zip(halves, [(0, N // 2), (N // 2, N)]):
-        metric.update(logits[start:stop], noisy[start:stop], clean[start:stop])
-    synced = halves[0]
-    for name in ("predictions", "logit_norms", "noisy_targets", "clean_targets"):
-        setattr(synced, name, torch.cat([*getattr(halves[0], name), *getattr(halves[1], name)]))
-    computed = {name: value.item() for name, value in synced.compute().items()}
+    ranks = [NoisyTrainingMetrics(chunk=2), NoisyTrainingMetrics(chunk=2)]
+    for rank, half in zip(ranks, [range(0, N // 2), range(N // 2, N)]):
+        for batch in torch.arange(half.start, half.stop).chunk(3):  # one reduced chunk, one batch queued
+            rank.update(logits[batch], noisy[batch], clean[batch])
+    ranks[1].compute()  # reduces its queue; its kept states are what rank 1 sends in the gather
+    sent = iter([ranks[1].predictions, ranks[1].logit_norms, ranks[1].noisy_targets, ranks[1].clean_targets])
+    ranks[0].dist_sync_fn = lambda state, group=None: [state, dim_zero_cat(next(sent))]
+    ranks[0].distributed_available_fn = lambda: True
+    computed = {name: value.item() for name, value in ranks[0].compute().items()}
     for name, value in hand_train_metrics(logits, clean, noisy).items():
         assert computed[f"train/{name}"] == pytest.approx(value, abs=1e-5), name
 
