@@ -28,6 +28,7 @@ import tempfile
 import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -74,17 +75,68 @@ def optimizer(parameters) -> torch.optim.Optimizer:
     return torch.optim.SGD(parameters, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
 
-class StepTimer(pl.Callback):
-    """Wall time from the start of step ``warmup`` to the end of the last step."""
+class NetworkClock:
+    """CPU time spent in the network's forward and backward, timed by the same hooks in both paths.
 
-    def __init__(self, warmup: int, device: torch.device) -> None:
-        self.warmup, self.device = warmup, device
+    Module hooks time the forward; the backward runs from the loss's gradient hook to the last parameter's
+    gradient. The rest of a step is what each path does around the same network (fetching, augmentation,
+    loss, metrics, the optimizer update and, for lsl, Lightning's loop), measured without the few percent by
+    which the network's own speed varies from run to run. Only meaningful for eager CPU runs.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.seconds, self._mark = 0.0, 0.0
+        network.register_forward_pre_hook(lambda *_: self._start())
+        network.register_forward_hook(lambda *_: self._lap())
+        for parameter in network.parameters():
+            parameter.register_post_accumulate_grad_hook(lambda _: self._lap())
+
+    def backward_starts(self, loss: Tensor) -> None:
+        """Call with the loss before its backward."""
+        loss.register_hook(lambda _: self._start())
+
+    def _start(self) -> None:
+        self._mark = time.perf_counter()
+
+    def _lap(self) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._mark
+        self._mark = now
+
+
+@dataclass
+class Run:
+    """One timed run: images/s, and the network's forward + backward time per step when it was clocked."""
+
+    images_per_second: float
+    network_ms: float | None = None
+    rest_ms: float | None = None
+
+    @classmethod
+    def timed(cls, seconds: float, args, clock: NetworkClock | None) -> Run:
+        if clock is None:
+            return cls(args.steps * BATCH_SIZE / seconds)
+        network_ms = 1000 * clock.seconds / args.steps
+        return cls(args.steps * BATCH_SIZE / seconds, network_ms, 1000 * seconds / args.steps - network_ms)
+
+
+class StepTimer(pl.Callback):
+    """Wall time from the start of step ``warmup`` to the end of the last step (and the clock over it)."""
+
+    def __init__(self, warmup: int, device: torch.device, clock: NetworkClock | None) -> None:
+        self.warmup, self.device, self.clock = warmup, device, clock
         self.start = self.end = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             _synchronize(self.device)
             self.start = time.perf_counter()
+            if self.clock is not None:
+                self.clock.seconds = 0.0
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self.clock is not None:
+            self.clock.backward_starts(loss)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         _synchronize(self.device)
@@ -96,22 +148,27 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def lsl_path(workload: str, source: RandomImages, args, device: torch.device) -> float:
+def _clock(network: torch.nn.Module, args) -> NetworkClock | None:
+    return NetworkClock(network) if args.device == "cpu" and not args.compile else None
+
+
+def lsl_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
     backbone = WORKLOADS[workload][0]
     model = Classifier(backbone=backbone, loss=CrossEntropy(), optimizer=optimizer, scheduler=None,
                        channels_last=args.channels_last, compile=args.compile)
     data = NoisyLabelDataModule(dataset=source, val_fraction=0.0, batch_size=BATCH_SIZE,
                                 artifact_dir=str(args.workdir / "artifacts"))
-    timer = StepTimer(args.warmup, device)
+    clock = _clock(model.network, args)
+    timer = StepTimer(args.warmup, device, clock)
     trainer = pl.Trainer(accelerator=device.type, devices=1, precision=args.precision,
                          max_steps=args.warmup + args.steps, limit_val_batches=0, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
                          logger=TensorBoardLogger(args.workdir / "logs", name=workload), callbacks=[timer])
     trainer.fit(model, datamodule=data)
-    return args.steps * BATCH_SIZE / (timer.end - timer.start)
+    return Run.timed(timer.end - timer.start, args, clock)
 
 
-def hand_path(workload: str, source: RandomImages, args, device: torch.device) -> float:
+def hand_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
     backbone = WORKLOADS[workload][0]
     images, labels = source.load(train=True)
     images, labels = images.to(device), torch.as_tensor(labels).to(device)
@@ -122,6 +179,7 @@ def hand_path(workload: str, source: RandomImages, args, device: torch.device) -
         network.to(memory_format=torch.channels_last)
     if args.compile:
         network.compile()
+    clock = _clock(network, args)
     sgd = optimizer(network.parameters())
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed"
                 else nullcontext())
@@ -131,6 +189,8 @@ def hand_path(workload: str, source: RandomImages, args, device: torch.device) -
         if step == args.warmup:
             _synchronize(device)
             start = time.perf_counter()
+            if clock is not None:
+                clock.seconds = 0.0
         if cursor + BATCH_SIZE > len(order):
             order, cursor = torch.randperm(len(labels), device=device), 0
         batch = order[cursor:cursor + BATCH_SIZE]
@@ -143,10 +203,12 @@ def hand_path(workload: str, source: RandomImages, args, device: torch.device) -
             logits = network(x)
         loss = F.cross_entropy(logits.float(), labels[batch])
         sgd.zero_grad(set_to_none=True)
+        if clock is not None:
+            clock.backward_starts(loss)
         loss.backward()
         sgd.step()
     _synchronize(device)
-    return args.steps * BATCH_SIZE / (time.perf_counter() - start)
+    return Run.timed(time.perf_counter() - start, args, clock)
 
 
 def main() -> None:
@@ -189,17 +251,24 @@ def main() -> None:
             args.steps = requested_steps or DEFAULT_STEPS[workload]["cuda" if on_gpu else "cpu"]
             source = RandomImages(name, shape, padding, args.images)
             paths = {name: run for name, run in (("lsl", lsl_path), ("hand", hand_path)) if name in args.paths}
-            speeds: dict[str, list[float]] = {name: [] for name in paths}
+            runs: dict[str, list[Run]] = {name: [] for name in paths}
             for round_ in range(args.rounds):
                 for name, run in paths.items():
                     torch.manual_seed(round_)
-                    speeds[name].append(run(workload, source, args, device))
-            rows.append((f"{workload}, {args.steps} steps", speeds))
+                    runs[name].append(run(workload, source, args, device))
+            rows.append((f"{workload}, {args.steps} steps", runs))
 
     print("\n| model | lsl img/s | hand-written img/s | lsl / hand (median) | per-round ratios |")
     print("|---|---|---|---|---|")
-    for workload, speeds in rows:
+    for workload, runs in rows:
+        speeds = {name: [run.images_per_second for run in path_runs] for name, path_runs in runs.items()}
         print(f"| {workload} | {_median(speeds.get('lsl'))} | {_median(speeds.get('hand'))} | {_ratios(speeds)}")
+    if len(runs) == 2 and runs["lsl"][0].network_ms is not None:
+        print("\n| model | network forward + backward, ms/step | rest of the step, lsl / hand, ms "
+              "| lsl / hand at equal network time |")
+        print("|---|---|---|---|")
+        for workload, runs in rows:
+            print(f"| {workload} | {_at_equal_network_time(runs)} |")
 
 
 def _median(values: list[float] | None) -> str:
@@ -212,6 +281,13 @@ def _ratios(speeds: dict[str, list[float]]) -> str:
     ratios = [a / b for a, b in zip(speeds["lsl"], speeds["hand"])]
     return (f"{statistics.median(speeds['lsl']) / statistics.median(speeds['hand']):.3f} | "
             f"{min(ratios):.3f} to {max(ratios):.3f} |")
+
+
+def _at_equal_network_time(runs: dict[str, list[Run]]) -> str:
+    """The ratio both paths would have if the network ran equally fast in each (the median over all runs)."""
+    network = statistics.median(run.network_ms for path_runs in runs.values() for run in path_runs)
+    lsl, hand = (statistics.median(run.rest_ms for run in runs[name]) for name in ("lsl", "hand"))
+    return f"{network:.2f} | {lsl:.2f} / {hand:.2f} | {(network + hand) / (network + lsl):.3f}"
 
 
 if __name__ == "__main__":
