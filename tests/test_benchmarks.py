@@ -27,6 +27,12 @@ def test_throughput_prints_a_row_per_model_with_positive_speeds():
     assert [row[0] for row in rows] == ["resnet32", "smallcnn"], out
     for _, lsl, hand, ratio in rows:
         assert float(lsl.replace(",", "")) > 0 and float(hand.replace(",", "")) > 0 and float(ratio) > 0
+    # On a CPU, the split of each step into network time and the rest, per path.
+    split = re.findall(r"^\| (resnet32|smallcnn), \d+ steps \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) \|$",
+                       out, re.MULTILINE)
+    assert [row[0] for row in split] == ["resnet32", "smallcnn"], out
+    for _, *numbers in split:
+        assert all(float(number) > 0 for number in numbers), numbers
 
 
 def test_distillation_epoch_benchmark_compares_three_runs():
