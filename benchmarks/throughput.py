@@ -11,12 +11,15 @@ tunes glibc's allocator as ``lsl`` does (``lsl.cli.tune_host_allocator``), so bo
 
 On an eager CPU run a second table splits each step into the network's forward + backward (timed by the
 same hooks in both paths, see ``NetworkClock``) and the rest, and gives the ratio at equal network time:
-the network's own speed varies by a few percent from run to run, more than the framework costs.
+the network's own speed varies by a few percent from run to run, more than the framework costs. The
+``lightning`` path runs the hand loop's step as a bare LightningModule, which separates Lightning's loop
+from what lsl adds on top of it.
 
     python benchmarks/throughput.py                          # CPU, or CUDA when present
     python benchmarks/throughput.py --precision bf16-mixed   # one knob at a time
     python benchmarks/throughput.py --channels-last --compile --models resnet32
     python benchmarks/throughput.py --malloc glibc-default
+    python benchmarks/throughput.py --models smallcnn --paths lsl,hand,lightning   # Lightning's own share
 
 The images are random (throughput does not depend on what they show): CIFAR-sized 3x32x32 with pad-4
 crops and flips for ResNet-32, Fashion-MNIST-sized 1x28x28 with flips for the small CNN.
@@ -41,10 +44,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from lsl import Classifier, CrossEntropy, NoisyLabelDataModule
 from lsl.cli import tune_host_allocator
-from lsl.data import InMemorySource, random_crop_flip
+from lsl.data import InMemorySource, NoisyDataset, random_crop_flip
 from lsl.models import SmallCNN, resnet32
 
 BATCH_SIZE = 128
@@ -215,6 +219,41 @@ def hand_path(workload: str, source: RandomImages, args, device: torch.device) -
     return Run.timed(time.perf_counter() - start, args, clock)
 
 
+class MinimalModule(pl.LightningModule):
+    """The hand-written loop's step inside Lightning: no lsl module, data module, metrics or logger."""
+
+    def __init__(self, workload: str, source: RandomImages) -> None:
+        super().__init__()
+        self.network, self.source = WORKLOADS[workload][0](10), source
+        self.register_buffer("mean", torch.tensor(source.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(source.std).view(1, -1, 1, 1))
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x = random_crop_flip(batch.input, self.source.crop_padding, self.source.flip)
+        x = (x.float() / 255 - self.mean) / self.std
+        return F.cross_entropy(self.network(x).float(), batch.noisy_target)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return optimizer(self.parameters())
+
+    def train_dataloader(self) -> DataLoader:
+        images, labels = self.source.load(train=True)
+        samples = NoisyDataset(images.to(self.device), labels, labels, np.arange(len(labels))).to(self.device)
+        return DataLoader(samples, batch_size=BATCH_SIZE, shuffle=True, collate_fn=lambda batch: batch)
+
+
+def minimal_lightning_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
+    """Lightning's own cost: the hand loop's step as a minimal LightningModule, on lsl's in-memory dataset."""
+    model = MinimalModule(workload, source)
+    clock = _clock(model.network, args)
+    timer = StepTimer(args.warmup, device, clock)
+    trainer = pl.Trainer(accelerator=device.type, devices=1, precision=args.precision,
+                         max_steps=args.warmup + args.steps, limit_val_batches=0, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, logger=False, callbacks=[timer])
+    trainer.fit(model)
+    return Run.timed(timer.end - timer.start, args, clock)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -229,8 +268,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--malloc", default="tuned", choices=["tuned", "glibc-default"],
                         help="the host allocator for both paths: as `lsl` tunes it, or glibc's defaults")
-    parser.add_argument("--paths", default="lsl,hand", help="which paths to run: lsl, hand or both (several "
-                        "copies of this script started at once with --paths lsl measure runs sharing a device)")
+    parser.add_argument("--paths", default="lsl,hand", help="which paths to run: lsl, hand, lightning (the hand "
+                        "loop's step as a minimal LightningModule); several copies of this script started at once "
+                        "with --paths lsl measure runs sharing a device")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals, once per run
@@ -254,7 +294,7 @@ def main() -> None:
             name, shape, padding = WORKLOADS[workload][1]
             args.steps = requested_steps or DEFAULT_STEPS[workload]["cuda" if on_gpu else "cpu"]
             source = RandomImages(name, shape, padding, args.images)
-            paths = {name: run for name, run in (("lsl", lsl_path), ("hand", hand_path)) if name in args.paths}
+            paths = {name: run for name, run in PATHS.items() if name in args.paths.split(",")}
             runs: dict[str, list[Run]] = {name: [] for name in paths}
             for round_ in range(args.rounds):
                 for name, run in paths.items():
@@ -267,12 +307,21 @@ def main() -> None:
     for workload, runs in rows:
         speeds = {name: [run.images_per_second for run in path_runs] for name, path_runs in runs.items()}
         print(f"| {workload} | {_median(speeds.get('lsl'))} | {_median(speeds.get('hand'))} | {_ratios(speeds)}")
-    if len(runs) == 2 and runs["lsl"][0].network_ms is not None:
+    if {"lsl", "hand"} <= set(runs) and runs["lsl"][0].network_ms is not None:
         print("\n| model | network forward + backward, lsl / hand, ms/step | rest of the step, lsl / hand, ms "
               "| lsl / hand at equal network time |")
         print("|---|---|---|---|")
         for workload, runs in rows:
             print(f"| {workload} | {_at_equal_network_time(runs)} |")
+    if "lightning" in runs and "hand" in runs and runs["hand"][0].rest_ms is not None:
+        print("\n| model | rest of the step: lsl / minimal LightningModule / hand, ms "
+              "| Lightning's loop (minimal - hand), ms | lsl's own (lsl - minimal), ms |")
+        print("|---|---|---|---|")
+        for workload, runs in rows:
+            lsl, lightning, hand = (statistics.median(run.rest_ms for run in runs[name])
+                                    for name in ("lsl", "lightning", "hand"))
+            print(f"| {workload} | {lsl:.2f} / {lightning:.2f} / {hand:.2f} | {lightning - hand:.2f} "
+                  f"| {lsl - lightning:.2f} |")
 
 
 def _median(values: list[float] | None) -> str:
@@ -280,7 +329,7 @@ def _median(values: list[float] | None) -> str:
 
 
 def _ratios(speeds: dict[str, list[float]]) -> str:
-    if len(speeds) < 2:
+    if not {"lsl", "hand"} <= set(speeds):
         return "- | - |"
     ratios = [a / b for a, b in zip(speeds["lsl"], speeds["hand"])]
     return (f"{statistics.median(speeds['lsl']) / statistics.median(speeds['hand']):.3f} | "
@@ -295,6 +344,8 @@ def _at_equal_network_time(runs: dict[str, list[Run]]) -> str:
     return (f"{lsl_network:.2f} / {hand_network:.2f} | {lsl:.2f} / {hand:.2f} | "
             f"{(network + hand) / (network + lsl):.3f}")
 
+
+PATHS = {"lsl": lsl_path, "hand": hand_path, "lightning": minimal_lightning_path}
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,8 @@ def run(script: str, *args: str) -> str:
 
 
 def test_throughput_prints_a_row_per_model_with_positive_speeds():
-    out = run("throughput.py", "--device", "cpu", "--steps", "2", "--warmup", "1", "--rounds", "1", "--images", "512")
+    out = run("throughput.py", "--device", "cpu", "--steps", "2", "--warmup", "1", "--rounds", "1", "--images", "512",
+              "--paths", "lsl,hand,lightning")
     rows = re.findall(r"^\| (resnet32|smallcnn), \d+ steps \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \|", out, re.MULTILINE)
     assert [row[0] for row in rows] == ["resnet32", "smallcnn"], out
     for _, lsl, hand, ratio in rows:
@@ -33,6 +34,13 @@ def test_throughput_prints_a_row_per_model_with_positive_speeds():
     assert [row[0] for row in split] == ["resnet32", "smallcnn"], out
     for _, *numbers in split:
         assert all(float(number) > 0 for number in numbers), numbers
+    # The minimal LightningModule's rest of the step, and the differences it separates.
+    three = re.findall(r"^\| (resnet32|smallcnn), \d+ steps \| ([\d.]+) / ([\d.]+) / ([\d.]+) \| (-?[\d.]+) \| (-?[\d.]+) \|$",
+                       out, re.MULTILINE)
+    assert [row[0] for row in three] == ["resnet32", "smallcnn"], out
+    for _, lsl, lightning, hand, loop, own in three:
+        assert float(loop) == pytest.approx(float(lightning) - float(hand), abs=0.011)
+        assert float(own) == pytest.approx(float(lsl) - float(lightning), abs=0.011)
 
 
 def test_distillation_epoch_benchmark_compares_three_runs():
