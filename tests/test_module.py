@@ -295,6 +295,11 @@ def test_train_metrics_gathered_from_two_ddp_processes_match_one_process(data):
         assert computed[f"train/{name}"] == pytest.approx(value, abs=1e-5), name
 
 
+def test_train_metrics_reject_a_chunk_below_one():
+    with pytest.raises(ValueError, match="chunk=0"):
+        NoisyTrainingMetrics(chunk=0)
+
+
 def test_train_metrics_are_nan_before_any_update(data):
     logits, _, _ = data
     computed = fixed_classifier(logits).train_metrics.compute()
