@@ -157,7 +157,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _clock(network: torch.nn.Module, args) -> NetworkClock | None:
-    return NetworkClock(network) if args.device == "cpu" and not args.compile else None
+    return NetworkClock(network) if torch.device(args.device).type == "cpu" and not args.compile else None
 
 
 def lsl_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
@@ -166,27 +166,44 @@ def lsl_path(workload: str, source: RandomImages, args, device: torch.device) ->
                        channels_last=args.channels_last, compile=args.compile)
     data = NoisyLabelDataModule(dataset=source, val_fraction=0.0, batch_size=BATCH_SIZE,
                                 artifact_dir=str(args.workdir / "artifacts"))
-    clock = _clock(model.network, args)
+    return _timed_fit(model, model.network, args, device, TensorBoardLogger(args.workdir / "logs", name=workload),
+                      datamodule=data)
+
+
+def _timed_fit(model: pl.LightningModule, network: torch.nn.Module, args, device: torch.device, logger,
+               datamodule: pl.LightningDataModule | None = None) -> Run:
+    clock = _clock(network, args)
     timer = StepTimer(args.warmup, device, clock)
     trainer = pl.Trainer(accelerator=device.type, devices=1, precision=args.precision,
                          max_steps=args.warmup + args.steps, limit_val_batches=0, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
-                         logger=TensorBoardLogger(args.workdir / "logs", name=workload), callbacks=[timer])
-    trainer.fit(model, datamodule=data)
+                         logger=logger, callbacks=[timer])
+    trainer.fit(model, datamodule=datamodule)
     return Run.timed(timer.end - timer.start, args, clock)
 
 
-def hand_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
-    backbone = WORKLOADS[workload][0]
-    images, labels = source.load(train=True)
-    images, labels = images.to(device), torch.as_tensor(labels).to(device)
-    mean = torch.tensor(source.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(source.std, device=device).view(1, -1, 1, 1)
-    network = backbone(10).to(device)
+def _network(workload: str, args, device: torch.device) -> torch.nn.Module:
+    network = WORKLOADS[workload][0](10).to(device)
     if args.channels_last:
         network.to(memory_format=torch.channels_last)
     if args.compile:
         network.compile()
+    return network
+
+
+def _augment_and_normalise(images: Tensor, source: RandomImages, mean: Tensor, std: Tensor, args) -> Tensor:
+    """The hand-written loop's batch transform, as a researcher would write it."""
+    x = random_crop_flip(images, source.crop_padding, source.flip)
+    x = (x.float() / 255 - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+
+
+def hand_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
+    images, labels = source.load(train=True)
+    images, labels = images.to(device), torch.as_tensor(labels).to(device)
+    mean = torch.tensor(source.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(source.std, device=device).view(1, -1, 1, 1)
+    network = _network(workload, args, device)
     clock = _clock(network, args)
     sgd = optimizer(network.parameters())
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed"
@@ -203,10 +220,7 @@ def hand_path(workload: str, source: RandomImages, args, device: torch.device) -
             order, cursor = torch.randperm(len(labels), device=device), 0
         batch = order[cursor:cursor + BATCH_SIZE]
         cursor += BATCH_SIZE
-        x = random_crop_flip(images[batch], source.crop_padding, source.flip)
-        x = (x.float() / 255 - mean) / std
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = _augment_and_normalise(images[batch], source, mean, std, args)
         with autocast:
             logits = network(x)
         loss = F.cross_entropy(logits.float(), labels[batch])
@@ -222,15 +236,14 @@ def hand_path(workload: str, source: RandomImages, args, device: torch.device) -
 class MinimalModule(pl.LightningModule):
     """The hand-written loop's step inside Lightning: no lsl module, data module, metrics or logger."""
 
-    def __init__(self, workload: str, source: RandomImages) -> None:
+    def __init__(self, workload: str, source: RandomImages, args) -> None:
         super().__init__()
-        self.network, self.source = WORKLOADS[workload][0](10), source
+        self.network, self.source, self.args = _network(workload, args, torch.device("cpu")), source, args
         self.register_buffer("mean", torch.tensor(source.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(source.std).view(1, -1, 1, 1))
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x = random_crop_flip(batch.input, self.source.crop_padding, self.source.flip)
-        x = (x.float() / 255 - self.mean) / self.std
+        x = _augment_and_normalise(batch.input, self.source, self.mean, self.std, self.args)
         return F.cross_entropy(self.network(x).float(), batch.noisy_target)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -238,20 +251,14 @@ class MinimalModule(pl.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         images, labels = self.source.load(train=True)
-        samples = NoisyDataset(images.to(self.device), labels, labels, np.arange(len(labels))).to(self.device)
+        samples = NoisyDataset(images, labels, labels, np.arange(len(labels))).to(self.device)
         return DataLoader(samples, batch_size=BATCH_SIZE, shuffle=True, collate_fn=lambda batch: batch)
 
 
 def minimal_lightning_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
     """Lightning's own cost: the hand loop's step as a minimal LightningModule, on lsl's in-memory dataset."""
-    model = MinimalModule(workload, source)
-    clock = _clock(model.network, args)
-    timer = StepTimer(args.warmup, device, clock)
-    trainer = pl.Trainer(accelerator=device.type, devices=1, precision=args.precision,
-                         max_steps=args.warmup + args.steps, limit_val_batches=0, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, logger=False, callbacks=[timer])
-    trainer.fit(model)
-    return Run.timed(timer.end - timer.start, args, clock)
+    model = MinimalModule(workload, source, args)
+    return _timed_fit(model, model.network, args, device, logger=False)
 
 
 def main() -> None:
@@ -286,6 +293,7 @@ def main() -> None:
           f"channels_last {args.channels_last}, compile {args.compile}, batch {BATCH_SIZE}, "
           f"allocator {'tuned' if tuned else 'glibc defaults'}")
 
+    paths = {name: run for name, run in PATHS.items() if name in args.paths.split(",")}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         args.workdir = Path(folder)
@@ -294,7 +302,6 @@ def main() -> None:
             name, shape, padding = WORKLOADS[workload][1]
             args.steps = requested_steps or DEFAULT_STEPS[workload]["cuda" if on_gpu else "cpu"]
             source = RandomImages(name, shape, padding, args.images)
-            paths = {name: run for name, run in PATHS.items() if name in args.paths.split(",")}
             runs: dict[str, list[Run]] = {name: [] for name in paths}
             for round_ in range(args.rounds):
                 for name, run in paths.items():
@@ -307,13 +314,14 @@ def main() -> None:
     for workload, runs in rows:
         speeds = {name: [run.images_per_second for run in path_runs] for name, path_runs in runs.items()}
         print(f"| {workload} | {_median(speeds.get('lsl'))} | {_median(speeds.get('hand'))} | {_ratios(speeds)}")
-    if {"lsl", "hand"} <= set(runs) and runs["lsl"][0].network_ms is not None:
+    clocked = device.type == "cpu" and not args.compile
+    if {"lsl", "hand"} <= set(paths) and clocked:
         print("\n| model | network forward + backward, lsl / hand, ms/step | rest of the step, lsl / hand, ms "
               "| lsl / hand at equal network time |")
         print("|---|---|---|---|")
         for workload, runs in rows:
             print(f"| {workload} | {_at_equal_network_time(runs)} |")
-    if "lightning" in runs and "hand" in runs and runs["hand"][0].rest_ms is not None:
+    if {"lsl", "hand", "lightning"} <= set(paths) and clocked:
         print("\n| model | rest of the step: lsl / minimal LightningModule / hand, ms "
               "| Lightning's loop (minimal - hand), ms | lsl's own (lsl - minimal), ms |")
         print("|---|---|---|---|")
