@@ -38,7 +38,11 @@ class Batch(NamedTuple):
     noisy_target: Tensor
     clean_target: Tensor
     index: Tensor
-    is_noisy: Tensor
+
+    @property
+    def is_noisy(self) -> Tensor:
+        """Which samples are mislabelled (derived on demand: the training step never needs it)."""
+        return self.noisy_target != self.clean_target
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -450,7 +454,7 @@ class NoisyDataset(Dataset):
         noisy, clean = self.noisy.index_select(0, positions), self.clean.index_select(0, positions)
         rows = self.image_rows.index_select(0, positions)
         images = self.images.index_select(0, rows) if isinstance(self.images, Tensor) else self.images[rows]
-        return Batch(images, noisy, clean, self.indices.index_select(0, positions), noisy != clean)
+        return Batch(images, noisy, clean, self.indices.index_select(0, positions))
 
     def __getitem__(self, position: int) -> Batch:
         return Batch(*(field[0] for field in self.__getitems__([position])))

@@ -85,7 +85,7 @@ def known_data(seed: int = 0):
 
 def hand_batch(logits: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor, start: int, stop: int) -> Batch:
     index = torch.arange(start, stop)
-    return Batch(index.clone(), noisy[index], clean[index], index, noisy[index] != clean[index])
+    return Batch(index.clone(), noisy[index], clean[index], index)
 
 
 def hand_ece(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> float:
@@ -313,7 +313,7 @@ def test_batch_without_mislabelled_samples_is_skipped_by_memorisation_metrics(da
     logits, clean, noisy = data
     model = fixed_classifier(logits)
     clean_only = torch.tensor([i for i in range(N) if noisy[i] == clean[i]][:8])
-    batch = Batch(clean_only, noisy[clean_only], clean[clean_only], clean_only, torch.zeros(8, dtype=torch.bool))
+    batch = Batch(clean_only, noisy[clean_only], clean[clean_only], clean_only)
     model._update_train_metrics(logits[:N // 2], hand_batch(logits, clean, noisy, 0, N // 2))
     model._update_train_metrics(logits[clean_only], batch)
     mislabelled = (noisy != clean)[: N // 2]
