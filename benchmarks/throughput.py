@@ -156,8 +156,13 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clocked(args) -> bool:
+    """Whether the network is clocked: host timestamps mean nothing for CUDA's queued kernels or compiled code."""
+    return torch.device(args.device).type == "cpu" and not args.compile
+
+
 def _clock(network: torch.nn.Module, args) -> NetworkClock | None:
-    return NetworkClock(network) if torch.device(args.device).type == "cpu" and not args.compile else None
+    return NetworkClock(network) if _clocked(args) else None
 
 
 def lsl_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
@@ -314,14 +319,13 @@ def main() -> None:
     for workload, runs in rows:
         speeds = {name: [run.images_per_second for run in path_runs] for name, path_runs in runs.items()}
         print(f"| {workload} | {_median(speeds.get('lsl'))} | {_median(speeds.get('hand'))} | {_ratios(speeds)}")
-    clocked = device.type == "cpu" and not args.compile
-    if {"lsl", "hand"} <= set(paths) and clocked:
+    if {"lsl", "hand"} <= set(paths) and _clocked(args):
         print("\n| model | network forward + backward, lsl / hand, ms/step | rest of the step, lsl / hand, ms "
               "| lsl / hand at equal network time |")
         print("|---|---|---|---|")
         for workload, runs in rows:
             print(f"| {workload} | {_at_equal_network_time(runs)} |")
-    if {"lsl", "hand", "lightning"} <= set(paths) and clocked:
+    if {"lsl", "hand", "lightning"} <= set(paths) and _clocked(args):
         print("\n| model | rest of the step: lsl / minimal LightningModule / hand, ms "
               "| Lightning's loop (minimal - hand), ms | lsl's own (lsl - minimal), ms |")
         print("|---|---|---|---|")
