@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Callable, Iterable, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
 from lsl.data import Batch
+from lsl.diagnostics import COLLAPSE_SHARE, collapsed
 from lsl.errors import ConfigError
 from lsl.losses import CrossEntropy, TransitionMatrixLoss
 from lsl.models import resnet32
@@ -98,6 +101,27 @@ class NoisyTrainingMetrics(Metric):
         return {self.prefix + name: value.float() for name, value in values.items()}
 
 
+class TopClassShare(Metric):
+    """The share of predictions that go to the most-predicted class: 1/K for a balanced, healthy model on
+    balanced data, near 1 for a model that collapsed to one class (see :mod:`lsl.diagnostics`).
+
+    Args:
+        num_classes: Number of classes K.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.add_state("counts", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predictions: Tensor) -> None:
+        self.counts += torch.bincount(predictions, minlength=len(self.counts))
+
+    def compute(self) -> Tensor:
+        return (self.counts.max() / self.counts.sum().clamp(min=1)).float()
+
+
 class Classifier(pl.LightningModule):
     """An image classifier trained on noisy labels with an injected loss strategy.
 
@@ -178,9 +202,21 @@ class Classifier(pl.LightningModule):
         self.loss(torch.zeros(1, num_classes), torch.zeros(1, dtype=torch.long))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self._check_optimizer()
         self._build_metrics(num_classes, ece_bins)
         self.data_fingerprint: dict | None = None  # read back from a checkpoint: see on_save_checkpoint
         self.test_prefix = "test/"  # `lsl fit` tests the best-validation checkpoint as test_best/
+
+    def _check_optimizer(self) -> None:
+        """Build the optimizer and scheduler once on the fresh parameters, so that a bad value (a negative
+        learning rate, a momentum above 1) is refused now, before Lightning writes a run directory."""
+        try:
+            optimizer = self.optimizer_factory(self.parameters())
+            if self.scheduler_factory is not None:
+                self.scheduler_factory(optimizer)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"the optimizer or scheduler cannot be built: {error}: fix its init_args under "
+                              "model.init_args.optimizer / model.init_args.scheduler") from error
 
     def _build_metrics(self, num_classes: int, ece_bins: int) -> None:
         # No argument validation and no NaN scans: each would cost a host sync on every update.
@@ -192,11 +228,13 @@ class Classifier(pl.LightningModule):
 
         self.train_metrics = NoisyTrainingMetrics(prefix="train/")
         self.val_metrics = MetricCollection(
-            {"acc_noisy": accuracy(), "acc_clean": accuracy(), "nll": mean(), "logit_norm": mean()},
+            # val/loss is a metric too: a plain self.log would record rank 0's share only under DDP.
+            {"acc_noisy": accuracy(), "acc_clean": accuracy(), "nll": mean(), "logit_norm": mean(), "loss": mean()},
             prefix="val/", compute_groups=False)
         self.test_metrics = MetricCollection(
             {"acc": accuracy(), "nll": mean(), "logit_norm": mean(),
-             "ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1", validate_args=False)},
+             "ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1", validate_args=False),
+             "top_class_share": TopClassShare(num_classes)},
             prefix="test/", compute_groups=False)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -242,17 +280,26 @@ class Classifier(pl.LightningModule):
         self.val_metrics["acc_clean"].update(predictions, batch.clean_target)
         self.val_metrics["nll"].update(F.cross_entropy(logits.float(), batch.noisy_target, reduction="none"))
         self.val_metrics["logit_norm"].update(logits.float().norm(dim=1))
-        self.log("val/loss", self.loss(logits, batch.noisy_target), on_epoch=True)
+        # One value per sample, so that the epoch mean weights uneven batches by size (with nan_strategy
+        # "disable", MeanMetric ignores a `weight` argument).
+        self.val_metrics["loss"].update(self.loss(logits, batch.noisy_target).expand(len(batch.noisy_target)))
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self(batch.input).float()
-        self.test_metrics["acc"].update(logits.argmax(dim=1), batch.clean_target)
+        predictions = logits.argmax(dim=1)
+        self.test_metrics["acc"].update(predictions, batch.clean_target)
+        self.test_metrics["top_class_share"].update(predictions)
         self.test_metrics["nll"].update(F.cross_entropy(logits, batch.clean_target, reduction="none"))
         self.test_metrics["logit_norm"].update(logits.norm(dim=1))
         self.test_metrics["ece"].update(logits.softmax(dim=1), batch.clean_target)
         self.log_dict({self.test_prefix + name: metric for name, metric in self.test_metrics.items(keep_base=True)},
                       on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        share = self.test_metrics["top_class_share"].compute().item()  # synced, and cached for the log
+        if collapsed(share):
+            _say_collapsed(self.test_prefix, share)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Class probabilities, with the sample indices and clean targets they belong to."""
@@ -275,3 +322,12 @@ class Classifier(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+
+
+@rank_zero_only
+def _say_collapsed(prefix: str, share: float) -> None:
+    # A finished run that is not a result: loud on stderr, and `lsl report` marks it from the logged share.
+    print(f"lsl: warning: the model collapsed: {share:.0%} of the {prefix.rstrip('/')} predictions are one class "
+          f"(>= {COLLAPSE_SHARE:.0%}), so its accuracy is about chance. An unbounded loss (backward correction, "
+          "negative smoothing) does this at a high learning rate: lower the lr or alpha, or clip the gradients",
+          file=sys.stderr, flush=True)

@@ -207,6 +207,8 @@ def test_validation_step_metrics_match_hand_computation(data):
     # val/nll is measured against the noisy labels (all a model-selection split has).
     assert computed["val/nll"] == pytest.approx(cross_entropy_by_hand(logits, noisy).mean().item(), abs=1e-5)
     assert computed["val/logit_norm"] == pytest.approx(logits.double().norm(dim=1).mean().item(), abs=1e-5)
+    # val/loss is a metric of the collection (synced under DDP), the loss averaged over samples.
+    assert computed["val/loss"] == pytest.approx(LabelSmoothing(0.3)(logits, noisy).item(), abs=1e-5)
 
 
 def test_test_step_metrics_match_hand_computation(data):
@@ -222,7 +224,9 @@ def test_test_step_metrics_match_hand_computation(data):
             # The test split is clean: the model must score against clean_target, not noisy_target.
             model.test_step(hand_batch(logits, clean, noisy, start, stop), batch_idx)
     computed = {name: value.item() for name, value in model.test_metrics.compute().items()}
-    assert set(computed) == {"test/acc", "test/nll", "test/ece", "test/logit_norm"}
+    assert set(computed) == {"test/acc", "test/nll", "test/ece", "test/logit_norm", "test/top_class_share"}
+    counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1])
+    assert computed["test/top_class_share"] == pytest.approx((counts.max() / counts.sum()).item(), abs=1e-6)
     assert computed["test/acc"] == pytest.approx((logits.argmax(1) == clean).double().mean().item(), abs=1e-6)
     assert computed["test/nll"] == pytest.approx(cross_entropy_by_hand(logits, clean).mean().item(), abs=1e-5)
     assert computed["test/ece"] == pytest.approx(hand_ece(probs, clean, 15), abs=1e-5)
@@ -591,7 +595,7 @@ def test_logged_lr_follows_the_schedule_and_interval(data, tmp_path, interval, e
 TRAIN_NAMES = {"train/loss", "train/lr", "train/acc_noisy", "train/acc_clean", "train/memorised", "train/corrected",
                "train/logit_norm"}
 VAL_NAMES = {"val/acc_noisy", "val/acc_clean", "val/nll", "val/loss", "val/logit_norm"}
-TEST_NAMES = {"test/acc", "test/nll", "test/ece", "test/logit_norm"}
+TEST_NAMES = {"test/acc", "test/nll", "test/ece", "test/logit_norm", "test/top_class_share"}
 
 
 def test_fit_validate_test_on_digits_log_slash_namespaced_finite_metrics(tmp_path):
