@@ -10,23 +10,29 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
+import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import yaml
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
 
+from lsl.checkpoint_check import SPECIAL_PATHS, check_checkpoint_matches, hpc_checkpoint, read_checkpoint
 from lsl.data import NoisyLabelDataModule
 from lsl.divergence import DivergenceGuard
 from lsl.errors import ConfigError
 from lsl.estimate import estimate_t_command
 from lsl.module import Classifier
 from lsl.report import report_command
-from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, check_checkpoint_path, continue_last_run,
+from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, continue_last_run, newest_run_with_last_checkpoint,
                         use_atomic_checkpoints)
 from lsl.sweep import sweep_command
 from lsl.views import TensorBoardViews
@@ -62,6 +68,9 @@ class LSLCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--allow_changed_hparams", type=bool, default=False,
+                            help="with --ckpt_path: use the config's model and data settings where the "
+                                 "checkpoint's differ (without it such a checkpoint is refused, naming the keys)")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="fit only: evaluate the final weights on the clean test set and log test/* "
                                  "into the same run (the paper reports the last checkpoint, not the best)")
@@ -82,13 +91,54 @@ class LSLCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
-        # Before LightningCLI reads the checkpoint's hyperparameters, which a truncated file would crash.
-        if self.config.get("subcommand"):
-            check_checkpoint_path(self.config[self.config.subcommand].get("ckpt_path"))
+        subcommand = self.config.get("subcommand")
+        self._checkpoint: tuple[str, dict] | None = None
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if subcommand == "fit":
+            check_fit_limits(config.trainer)
+        check_save_dir(config.trainer)
+        if config.get("ckpt_path") == "last" and subcommand != "fit":
+            # Lightning's "last" means the last checkpoint of this process's own fit: in a new `lsl test` there
+            # is none, and it would test the untrained weights.
+            run = newest_run_with_last_checkpoint(config)
+            if run is None:
+                raise ConfigError(f"ckpt_path='last': no run of this experiment has a checkpoints/last.ckpt under "
+                                  f"{_experiment_dir(config)}: give a checkpoint file, or the config of the run")
+            config.ckpt_path = str(run / "checkpoints" / "last.ckpt")
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is not None and ckpt_path not in SPECIAL_PATHS and "://" not in str(ckpt_path):
+            # Read whole now, before LightningCLI reads its hyperparameters (which a damaged file would crash).
+            self._checkpoint = (ckpt_path, read_checkpoint(ckpt_path))
+        # LightningCLI is about to put the checkpoint's hyperparameters over the config's; the config's are
+        # restored before the model is built, and the checkpoint must then match them.
+        self._model_config = copy.deepcopy(config.model)
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand == "fit" and self.config.fit.ckpt_path == "last":
-            continue_last_run(self.config.fit)
+        if not self.subcommand:
+            return
+        config = self.config[self.subcommand]
+        config.model = self._model_config
+        if self.subcommand == "fit" and config.ckpt_path == "last":
+            run = continue_last_run(config)
+            if run is not None:
+                path = run / "checkpoints" / "last.ckpt"
+                self._checkpoint = (str(path), read_checkpoint(path))
+        if self.subcommand == "fit" and config.ckpt_path is None and SLURMEnvironment.detect():
+            # Under SLURM Lightning restores the newest hpc_ckpt_N.ckpt of the root folder, if there is one.
+            path = hpc_checkpoint(config.trainer.default_root_dir or Path.cwd())
+            if path is not None:
+                self._checkpoint = (str(path), read_checkpoint(path))
+
+    def after_instantiate_classes(self) -> None:
+        if self._checkpoint is None:
+            return
+        path, checkpoint = self._checkpoint
+        fingerprint = getattr(self.datamodule, "fingerprint", None)
+        check_checkpoint_matches(checkpoint, path, self.model, fingerprint,
+                                 may_differ=self.config[self.subcommand].allow_changed_hparams)
+        self._checkpoint = None  # Lightning reads the file again itself: do not hold the weights twice
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -113,6 +163,38 @@ class LSLCLI(LightningCLI):
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=True)
             finally:
                 self.model.test_prefix = "test/"
+
+
+def check_fit_limits(trainer: Any) -> None:
+    """Refuse ``max_epochs`` / ``max_steps`` that would train nothing (0) or that Lightning rejects (below -1)."""
+    for name in ("max_epochs", "max_steps"):
+        value = trainer.get(name)
+        if value is not None and (value == 0 or value < -1):
+            raise ConfigError(f"trainer.{name}={value} would train nothing: give a positive number "
+                              f"(or -1 for no limit)")
+
+
+def check_save_dir(trainer: Any) -> None:
+    """Refuse a logger ``save_dir`` that is a file, lies under one, or cannot be written, before anything runs."""
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        save_dir = getattr(getattr(logger, "init_args", None), "save_dir", None)
+        if save_dir is None or "://" in str(save_dir):
+            continue
+        existing = Path(save_dir)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        fix = "point --trainer.logger.init_args.save_dir at a folder you can write"
+        if not existing.is_dir():
+            raise ConfigError(f"save_dir={str(save_dir)!r}: {str(existing)!r} is a file, not a folder: {fix}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"save_dir={str(save_dir)!r}: {str(existing)!r} is not writable: {fix}")
+
+
+def _experiment_dir(config: Any) -> str:
+    logger = config.trainer.get("logger")
+    init_args = getattr(logger[0] if isinstance(logger, list) and logger else logger, "init_args", None)
+    return str(Path(getattr(init_args, "save_dir", None) or ".") / (getattr(init_args, "name", None) or ""))
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -167,21 +249,53 @@ def main(args: list[str] | None = None) -> None:
         if argv[:1] == ["report"]:
             report_command(argv[1:])
             return
+        check_config_files(argv)
         LSLCLI(
             Classifier,
             NoisyLabelDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            # The model's own optimizer and scheduler arguments are the one way to set them: LightningCLI's
+            # top-level --optimizer / --lr_scheduler would replace them while hparams.yaml names the old ones.
+            auto_configure_optimizers=False,
             parser_kwargs={"description": DESCRIPTION},
             args=args,
         )
+    except BrokenPipeError:
+        # The reader went away (`lsl sweep --dry-run | head`): no traceback; the shell's status for SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except Exception as error:
         config_error = _config_error_behind(error)
         if config_error is None:
             raise
         print(f"lsl: error: {config_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a ``--config`` / ``-c`` file that is empty or not a mapping, which the parser reports only as
+    "Unexpected config:" with nothing after it."""
+    for position, argument in enumerate(argv):
+        if argument in ("--config", "-c") and position + 1 < len(argv):
+            path = Path(argv[position + 1])
+        elif argument.startswith("--config="):
+            path = Path(argument.partition("=")[2])
+        else:
+            continue
+        if not path.is_file():
+            continue  # the parser names a missing file itself
+        try:
+            content = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}".replace("\n", " ")) from error
+        if content is None:
+            raise ConfigError(f"config file {str(path)!r} is empty: give a config such as configs/quickstart.yaml "
+                              "(`lsl fit --config configs/quickstart.yaml --print_config` prints a full one)")
+        if not isinstance(content, dict):
+            raise ConfigError(f"config file {str(path)!r} holds a {type(content).__name__}, not a mapping of "
+                              "sections (trainer:, model:, data:): see configs/quickstart.yaml")
 
 
 def _config_error_behind(error: BaseException | None) -> ConfigError | None:

@@ -7,11 +7,11 @@ metrics the uninterrupted run would have had (CPU, ``deterministic: true``, epoc
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lsl.errors import ConfigError
 
@@ -57,8 +58,12 @@ def save_atomically(content: Any, path: str | Path) -> None:
             os.fsync(file.fileno())  # else a node crash right after the rename can leave an empty file
         os.chmod(temporary, 0o644)  # mkstemp makes it private; Lightning's own writer leaves it readable
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise ConfigError(f"could not write {str(path)!r}: {error.strerror}; the previous file there is "
+                              "intact: free space on that disk (or raise the quota), or point "
+                              "--trainer.logger.init_args.save_dir at another one") from error
         raise
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from writers that were killed mid-write
         leftover.unlink(missing_ok=True)
@@ -79,6 +84,11 @@ class ResumableCheckpoint(ModelCheckpoint):
     ``ModelCheckpoint``'s.
     """
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.fit_loop.done:  # after the restore: a resumed run that already reached a limit
+            _refuse_or_warn_nothing_to_train(trainer)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
@@ -93,6 +103,23 @@ class ResumableCheckpoint(ModelCheckpoint):
         # _should_skip_saving_checkpoint is also true when the parent has just saved at this step.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _refuse_or_warn_nothing_to_train(trainer: pl.Trainer) -> None:
+    """A resumed fit that would train no step: refused when a limit asks for more than another one allows
+    (``max_steps`` raised while ``max_epochs`` is already reached), else a warning (a finished run restarted)."""
+    steps, epochs = trainer.global_step, trainer.current_epoch
+    limits = {"max_steps": (trainer.max_steps, steps), "max_epochs": (trainer.max_epochs, epochs)}
+    set_limits = {name: (limit, done) for name, (limit, done) in limits.items() if limit not in (None, -1)}
+    reached = [f"{name}={limit}" for name, (limit, done) in set_limits.items() if done >= limit]
+    wanting = [f"{name}={limit}" for name, (limit, done) in set_limits.items() if done < limit]
+    where = f"the checkpoint has already trained {steps} steps in {epochs} epochs"
+    if wanting and reached:
+        raise ConfigError(f"{' and '.join(wanting)} asks for more training, but {where}, which reaches "
+                          f"{' and '.join(reached)}, so no step would be trained: raise "
+                          f"{' and '.join('--trainer.' + limit.split('=')[0] for limit in reached)} too")
+    rank_zero_warn(f"lsl: warning: nothing left to train: {where} ({' and '.join(reached) or 'a stopping rule'} "
+                   "reached); raise the limit to train more")
 
 
 class RandomStateCheckpoint(Callback):
@@ -138,38 +165,31 @@ def continue_last_run(config: Any) -> Path | None:
     Returns:
         The run directory that will be continued, or None.
     """
-    logger = config.trainer.logger
-    logger = logger[0] if isinstance(logger, list) and logger else logger
-    init_args = getattr(logger, "init_args", None)
+    init_args = _logger_init_args(config)
     if init_args is None or config.checkpoint.dirpath is not None or getattr(init_args, "version", None) is not None:
         return None
-    if getattr(init_args, "save_dir", None) is None:
+    run = newest_run_with_last_checkpoint(config)
+    if run is not None:
+        init_args.version = int(_VERSION.match(run.name).group(1))
+    return run
+
+
+def newest_run_with_last_checkpoint(config: Any) -> Path | None:
+    """The highest ``<save_dir>/<name>/version_N`` of the config's first logger that holds ``checkpoints/last.ckpt``.
+
+    Args:
+        config: A subcommand's parsed config (a jsonargparse namespace).
+    """
+    init_args = _logger_init_args(config)
+    if init_args is None or getattr(init_args, "save_dir", None) is None:
         return None
     experiment = Path(init_args.save_dir) / (getattr(init_args, "name", None) or "")
     runs = [(int(match.group(1)), run) for run in (experiment.glob("version_*") if experiment.is_dir() else [])
             if (match := _VERSION.match(run.name)) and (run / "checkpoints" / "last.ckpt").is_file()]
-    if not runs:
-        return None
-    version, run = max(runs)
-    init_args.version = version
-    return run
+    return max(runs)[1] if runs else None
 
 
-def check_checkpoint_path(ckpt_path: str | None) -> None:
-    """Refuse a ``--ckpt_path`` file that is missing or not a whole checkpoint before any run directory exists.
-
-    Only the zip archive's index, at the end of the file, is read, so a truncated file is found at no cost.
-    ``last``, ``best``, ``hpc``, ``registry`` and remote paths are left to Lightning.
-    """
-    if ckpt_path is None or ckpt_path in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
-        return
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} does not exist: give a checkpoint file, e.g. "
-                          "logs/<name>/version_N/checkpoints/last.ckpt, or 'last' to resume the newest run")
-    try:
-        with zipfile.ZipFile(path):
-            pass
-    except (zipfile.BadZipFile, OSError) as error:
-        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} is not a readable checkpoint ({error}): it is truncated "
-                          "or not a file written by torch.save; pick an earlier checkpoint") from error
+def _logger_init_args(config: Any) -> Any:
+    logger = config.trainer.logger
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    return getattr(logger, "init_args", None)
