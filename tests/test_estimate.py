@@ -12,7 +12,7 @@ from test_cli import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
 
 from lsl import Classifier, ConfigError, ForwardCorrection
 from lsl.distill import file_sha256
-from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error, find_anchors
+from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error
 from lsl.noise import PairFlipNoise, SymmetricNoise, validate_transition_matrix
 
 NUM_CLASSES = 6
@@ -109,6 +109,8 @@ def test_the_default_percentile_finds_the_anchors_of_100_classes() -> None:
 
 
 def test_a_class_that_no_sample_is_predicted_as_falls_back_to_all_samples() -> None:
+    from lsl.estimate import find_anchors
+
     probabilities = np.array([[0.8, 0.15, 0.05], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.1, 0.7]])
 
     anchors, fallback = find_anchors(probabilities, 100.0)
