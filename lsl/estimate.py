@@ -255,7 +255,8 @@ def write_estimate(out: Path, matrix: np.ndarray, sidecar: dict[str, Any]) -> Pa
     temporaries: list[str] = []
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        temporaries.append(_temporary(out.parent, lambda file: file.write((json.dumps(sidecar, indent=1) + "\n").encode())))
+        sidecar_bytes = (json.dumps(sidecar, indent=1) + "\n").encode()
+        temporaries.append(_temporary(out.parent, lambda file: file.write(sidecar_bytes)))
         temporaries.append(_temporary(out.parent, lambda file: np.save(file, matrix.astype("<f8"), allow_pickle=False)))
         os.replace(temporaries[0], sidecar_path)
         os.replace(temporaries[1], out)
