@@ -526,14 +526,16 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         dataset: Where the images and clean labels come from.
         noise: How the training labels are corrupted; None keeps them clean.
         noise_seed: Seed of the label corruption (and of the validation split), not of training.
-        val_fraction: Share of the noisy training set held out as the validation split (0 for none).
+        val_fraction: Share of the noisy training set held out as the validation split (0 for none); one that
+            rounds to no image, or to all of them, is a ConfigError.
         batch_size: Training batch size (per device).
         eval_batch_size: Batch size for validation, test and predict.
         num_workers: DataLoader worker processes (0 is fastest for the in-memory datasets).
         augment: Apply the dataset's standard augmentation to training batches.
         artifact_dir: Where noise artifacts live; default ``<dataset root>/noisy_labels``.
         train_subset: Train on this many images only: a fixed random subset of the training split (the
-            same for every seed), drawn before the noise, for studies sized to a CPU. None uses them all.
+            same for every seed), drawn before the noise, for studies sized to a CPU. None uses them all; more
+            than the split holds is a ConfigError.
         images_on_device: Keep an in-memory dataset (CIFAR, Fashion-MNIST, digits) on the accelerator, as
             uint8, and slice each batch there: no host-to-device copy per batch. It is the same data and the
             same augmentation either way. Ignored on a CPU, for ImageFolder data and with ``num_workers > 0``.
@@ -589,9 +591,12 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         return self.noise.transition_matrix(self.num_classes)
 
     def prepare_data(self) -> None:
-        # Runs before Lightning creates any run directory: missing data or a corrupted artifact stops here.
+        # Runs before Lightning creates any run directory: missing data, sizes that do not fit the data or a
+        # corrupted artifact stop here.
         self.dataset.prepare()
-        self._load_noisy_labels(self._training_split()[1])
+        clean = self._training_split()[1]
+        self._validation_size(len(clean))
+        self._load_noisy_labels(clean)
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and self.train_set is None:
@@ -624,11 +629,23 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         images, clean, image_rows = self._training_split(self.augment)
         noisy = self._load_noisy_labels(clean).labels
         order = np.random.default_rng([self.noise_seed, 1]).permutation(len(clean))
-        num_val = int(round(self.val_fraction * len(clean)))
-        if num_val >= len(clean):
-            raise ConfigError(f"val_fraction={self.val_fraction} leaves no training images out of {len(clean)}")
+        num_val = self._validation_size(len(clean))
         self.train_set = NoisyDataset(images, noisy, clean, np.sort(order[num_val:]), image_rows)
         self.val_set = NoisyDataset(images, noisy, clean, np.sort(order[:num_val]), image_rows) if num_val else None
+
+    def _validation_size(self, num_images: int) -> int:
+        """How many of the ``num_images`` training images are held out; ConfigError if that is all or none of
+        them although ``val_fraction`` asked for some (no silent run without model selection)."""
+        num_val = int(round(self.val_fraction * num_images))
+        if num_val >= num_images:
+            raise ConfigError(f"val_fraction={self.val_fraction} leaves no training images out of {num_images}: "
+                              "give a smaller val_fraction")
+        if num_val == 0 and self.val_fraction > 0:
+            raise ConfigError(
+                f"val_fraction={self.val_fraction} of {num_images} training images holds out none (it rounds to 0): "
+                f"give val_fraction >= {0.5 / num_images:.3g} for a validation split, or 0 for none"
+            )
+        return num_val
 
     def unaugmented_training_samples(self) -> NoisyDataset:
         """Every sample of the training split (the validation part too), in index order, never augmented.
@@ -668,7 +685,12 @@ class NoisyLabelDataModule(pl.LightningDataModule):
     def _training_split(self, augment: bool = False):
         """The training images, the clean labels of the samples used, and where each one's image is."""
         images, clean = self.dataset.load(train=True, augment=augment)
-        if self.train_subset is None or self.train_subset >= len(clean):
+        if self.train_subset is not None and self.train_subset > len(clean):
+            raise ConfigError(
+                f"train_subset={self.train_subset} is more than the {len(clean)} training images of "
+                f"{self.dataset.name}: give train_subset <= {len(clean)}, or null to train on all of them"
+            )
+        if self.train_subset is None or self.train_subset == len(clean):
             return images, clean, np.arange(len(clean))
         chosen = np.sort(np.random.default_rng(0).permutation(len(clean))[: self.train_subset])
         return images, clean[chosen], chosen

@@ -19,7 +19,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +34,7 @@ from lsl.data import Batch, NoisyLabelDataModule
 from lsl.distill import file_sha256
 from lsl.errors import ConfigError
 from lsl.losses import CrossEntropy
-from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix
+from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix, write_new_file
 
 DEFAULT_PERCENTILE = 97.0
 SIDECAR_FORMAT = 1
@@ -45,7 +44,9 @@ SIDECAR_FORMAT = 1
 
 
 def anchor_points(probabilities: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
-    """The anchor sample of each class: where ``p(noisy = i | x)`` reaches its ``percentile``-th percentile.
+    """The anchor sample of each class: where ``p(noisy = i | x)`` reaches its ``percentile``-th percentile
+    among the samples predicted as class ``i`` (see :func:`find_anchors`, which also says which classes had
+    to fall back to all samples).
 
     Args:
         probabilities: The model's softmax outputs on the noisy training set, shape ``[N, K]``.
@@ -55,12 +56,41 @@ def anchor_points(probabilities: np.ndarray, percentile: float = DEFAULT_PERCENT
     Returns:
         int64 ``[K]``: row ``i`` of ``probabilities`` is the anchor of class ``i``.
     """
+    return find_anchors(probabilities, percentile)[0]
+
+
+def find_anchors(probabilities: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> tuple[np.ndarray, list[int]]:
+    """Each class's anchor, and the classes whose anchor had to be sought among all samples.
+
+    Class ``i``'s anchor is the sample at the ``percentile``-th percentile of ``p(noisy = i | x)`` among the
+    samples whose prediction (argmax) is ``i``. Over all samples (Patrini et al.'s code) the percentile fails
+    when K is large: with K = 100 each class is about 1% of the data, so the 97th percentile of
+    ``p(noisy = i | x)`` lands on a sample of another class. A class that no sample is predicted as falls back
+    to all samples; it is listed in the second return value, and its row of T is unreliable.
+
+    Returns:
+        int64 ``[K]`` anchor rows, and the sorted list of classes that fell back to all samples.
+    """
     probabilities = _check_probabilities(probabilities)
     if not 0.0 < percentile <= 100.0:
         raise ConfigError(f"percentile={percentile!r} is not in (0, 100]: use 97 to drop outliers, 100 for the maximum")
-    # method="higher" returns a value some sample actually has, so that sample is the anchor.
-    thresholds = np.percentile(probabilities, percentile, axis=0, method="higher")
-    return np.abs(probabilities - thresholds).argmin(axis=0)
+    num_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    # One stable sort instead of K boolean masks: O(N log N), not O(N K), for ImageNet's K = 1000.
+    order = np.argsort(predicted, kind="stable")
+    boundaries = np.searchsorted(predicted[order], np.arange(num_classes + 1))
+    anchors = np.empty(num_classes, dtype=np.int64)
+    fallback: list[int] = []
+    for cls in range(num_classes):
+        candidates = order[boundaries[cls] : boundaries[cls + 1]]
+        if candidates.size == 0:
+            candidates = np.arange(len(probabilities))
+            fallback.append(cls)
+        scores = probabilities[candidates, cls]
+        # method="higher" returns a value some candidate actually has, so that candidate is the anchor.
+        threshold = np.percentile(scores, percentile, method="higher")
+        anchors[cls] = candidates[np.abs(scores - threshold).argmin()]
+    return anchors, fallback
 
 
 def estimate_transition_matrix(
@@ -71,8 +101,8 @@ def estimate_transition_matrix(
     Args:
         probabilities: Softmax outputs ``p(noisy | x)``, shape ``[N, K]``, of a model trained on the noisy
             labels with cross-entropy.
-        percentile: Where the anchor of each class sits among that class's probabilities (see
-            :func:`anchor_points`).
+        percentile: Where the anchor of each class sits among the samples predicted as that class (see
+            :func:`find_anchors`).
 
     Returns:
         The float64 row-stochastic ``[K, K]`` estimate (row i is the output at class i's anchor,
@@ -160,8 +190,26 @@ def load_model(checkpoint: Path, config: dict[str, Any], device: torch.device) -
     model_class = _import_class(config.get("model", {}).get("class_path", "lsl.Classifier"))
     try:
         return model_class.load_from_checkpoint(checkpoint, map_location=device)
+    except ConfigError:
+        raise
     except Exception as error:
-        raise ConfigError(f"cannot load {str(checkpoint)!r} as {model_class.__name__}: {error}") from error
+        raise ConfigError(
+            f"cannot load {str(checkpoint)!r} as {model_class.__name__}: {_checkpoint_problem(error)}: give an "
+            "intact .ckpt written by `lsl fit` for this config (copy it again if it was cut short)"
+        ) from error
+
+
+def _checkpoint_problem(error: Exception) -> str:
+    """One line saying what is wrong with a checkpoint file, never torch's advice to load it unsafely."""
+    text = str(error)
+    if isinstance(error, EOFError) or not text.strip():
+        return "the file is empty or ends too early (truncated)"
+    if "central directory" in text or "zip archive" in text:
+        return "the file is not a complete checkpoint archive (truncated or damaged)"
+    if "weights_only" in text or "Unpickl" in type(error).__name__:
+        return "the file is not a torch checkpoint, or it is damaged"
+    first_line = text.strip().splitlines()[0]
+    return f"{type(error).__name__}: {first_line[:300]}"
 
 
 def _import_class(class_path: str) -> type[pl.LightningModule]:
@@ -178,26 +226,52 @@ def _import_class(class_path: str) -> type[pl.LightningModule]:
 # ----------------------------------------------------------------------------------------------- output
 
 
+def check_out_path(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work: its folder (or the nearest existing folder
+    above it, where the missing ones would be created) must be a writable directory, and neither ``out`` nor
+    its sidecar may be a directory."""
+    for target in (out, out.with_suffix(".json")):
+        if target.is_dir():
+            raise ConfigError(f"--out {str(out)!r}: {str(target)!r} is a directory: give a file name such as "
+                              f"{str(target / 'T.npy')!r}")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: {str(existing)!r} is a file, not a folder, so {str(out.parent)!r} "
+                          "cannot be created: give --out in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r}: the folder {str(existing)!r} is not writable: give --out in a "
+                          "folder you can write to")
+
+
 def write_estimate(out: Path, matrix: np.ndarray, sidecar: dict[str, Any]) -> Path:
-    """Write ``out`` (.npy) and its ``.json`` sidecar atomically, sidecar first; returns the sidecar's path."""
+    """Write ``out`` (.npy) and its ``.json`` sidecar atomically, sidecar first; returns the sidecar's path.
+
+    The files are created with mode ``0666 & ~umask``, like any other file. An OS error (an unwritable folder,
+    a full disk) is a ConfigError, and leaves no temporary file behind.
+    """
     sidecar_path = out.with_suffix(".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sidecar_tmp = _temporary(out.parent, lambda file: file.write((json.dumps(sidecar, indent=1) + "\n").encode()))
-    matrix_tmp = _temporary(out.parent, lambda file: np.save(file, matrix.astype("<f8"), allow_pickle=False))
-    os.replace(sidecar_tmp, sidecar_path)
-    os.replace(matrix_tmp, out)
+    temporaries: list[str] = []
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sidecar_bytes = (json.dumps(sidecar, indent=1) + "\n").encode()
+        temporaries.append(_temporary(out.parent, lambda file: file.write(sidecar_bytes)))
+        temporaries.append(_temporary(out.parent, lambda file: np.save(file, matrix.astype("<f8"), allow_pickle=False)))
+        os.replace(temporaries[0], sidecar_path)
+        os.replace(temporaries[1], out)
+    except OSError as error:
+        raise ConfigError(f"cannot write {str(out)!r} ({error.strerror or error}): give --out in a folder you can "
+                          "write to") from error
+    finally:
+        for leftover in temporaries:
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     return sidecar_path
 
 
 def _temporary(directory: Path, write: Callable[[Any], Any]) -> str:
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".estimate-t.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-    return handle.name
+    return write_new_file(directory, ".estimate-t.", write)
 
 
 # ------------------------------------------------------------------------------------- the subcommand
@@ -231,6 +305,7 @@ def estimate_t_command(argv: list[str]) -> None:
         raise ConfigError(f"--out {str(options.out)!r} must end in .npy: T is written with numpy.save")
     if not 0.0 < options.percentile <= 100.0:
         raise ConfigError(f"--percentile {options.percentile!r} is not in (0, 100]: use 97, or 100 for the maximum")
+    check_out_path(options.out)
     device = _device(options.device)
     datamodule, config = load_data_module(options.config)
     model = load_model(options.ckpt, config, device)
@@ -238,11 +313,23 @@ def estimate_t_command(argv: list[str]) -> None:
     dataset = _split(datamodule, options.split)
     _check_same_labels(model, datamodule, options)
     probabilities, indices = predict_probabilities(model, datamodule, dataset, device)
-    matrix, anchors = estimate_transition_matrix(probabilities, options.percentile)
-    matrix = validate_transition_matrix(matrix, datamodule.num_classes, source="the estimated transition matrix")
+    anchors, fallback = find_anchors(probabilities, options.percentile)
+    rows = probabilities.astype(np.float64)[anchors]
+    matrix = validate_transition_matrix(rows / rows.sum(axis=1, keepdims=True), datamodule.num_classes,
+                                        source="the estimated transition matrix")
     sidecar = _sidecar(options, config, datamodule, model, matrix, indices[anchors], len(indices))
+    if fallback:
+        sidecar["anchor_fallback_classes"] = fallback
+        sidecar["warnings"] = [_fallback_warning(fallback)]
+        print(f"lsl: warning: {_fallback_warning(fallback)}", file=sys.stderr)
     sidecar_path = write_estimate(options.out, matrix, sidecar)
     _report(options.out, sidecar_path, sidecar)
+
+
+def _fallback_warning(fallback: list[int]) -> str:
+    shown = ", ".join(map(str, fallback[:10])) + (f" and {len(fallback) - 10} more" if len(fallback) > 10 else "")
+    return (f"no sample is predicted as class {shown}: the anchor of each was taken among all samples, so "
+            f"those rows of T are unreliable (train the model longer, or estimate on more samples)")
 
 
 def _device(name: str) -> torch.device:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
-import tempfile
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,6 +76,7 @@ def load_transition_matrix(path: str | Path, num_classes: int | None = None) -> 
 TRANSITION_CONVENTION = "T[i, j] = P(noisy = j | clean = i)"
 CIFAR_N_SOURCE = "http://noisylabels.com or https://github.com/UCSC-REAL/cifar-10-100n"
 ARTIFACT_FORMAT = 1
+SIDECAR_CHECKSUM_FIELD = "sidecar_sha256"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -616,7 +618,7 @@ def load_or_create_noisy_labels(
     clean = _as_labels(clean, "clean labels", num_classes)
     labels_path, metadata_path = artifact_paths(noise, dataset=dataset, split=split, seed=seed, directory=directory)
     if labels_path.exists():
-        return _load_artifact(labels_path, metadata_path, clean, num_classes, seed)
+        return _load_artifact(noise, labels_path, metadata_path, clean, num_classes, dataset, split, seed)
     return _create_artifact(noise, clean, num_classes, dataset, split, seed, labels_path, metadata_path)
 
 
@@ -624,13 +626,25 @@ def _fix(labels_path: Path, metadata_path: Path) -> str:
     return f"delete {str(labels_path)!r} and {str(metadata_path)!r} to draw the labels again, or restore them"
 
 
+def _not_readable(path: Path, error: OSError) -> ConfigError:
+    """A permission problem is not damage: deleting someone else's artifact is the wrong advice."""
+    return ConfigError(
+        f"{str(path)!r} exists but cannot be read ({error.strerror or error}): ask its owner to make it readable "
+        f"(chmod a+r {str(path)!r}), or set the data's artifact_dir (data.init_args.artifact_dir) to a folder of "
+        "your own, where the same labels are drawn again from the same noise_seed"
+    )
+
+
 def _load_artifact(
-    labels_path: Path, metadata_path: Path, clean: np.ndarray, num_classes: int, seed: int
+    noise: NoiseModel, labels_path: Path, metadata_path: Path, clean: np.ndarray, num_classes: int,
+    dataset: str, split: str, seed: int,
 ) -> NoisyLabels:
     fix = _fix(labels_path, metadata_path)
     metadata = _read_metadata(metadata_path, fix)
     try:
         labels = np.load(labels_path, allow_pickle=False)
+    except PermissionError as exc:
+        raise _not_readable(labels_path, exc) from exc
     except Exception as exc:
         raise ConfigError(f"noisy-label file {str(labels_path)!r} is unreadable or truncated ({exc}): {fix}") from exc
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -643,6 +657,8 @@ def _load_artifact(
             f"{metadata['sha256'][:16]}... (the labels were changed after they were drawn): {fix}"
         )
     _check_artifact_matches(metadata, clean, num_classes, seed, labels_path, fix)
+    expected = _artifact_metadata(noise, clean, labels, num_classes, dataset, split, seed)
+    _check_sidecar_unchanged(metadata, expected, metadata_path, fix)
     return NoisyLabels(labels=labels, path=labels_path, metadata=metadata)
 
 
@@ -651,6 +667,8 @@ def _read_metadata(metadata_path: Path, fix: str) -> dict[str, Any]:
         raise ConfigError(f"sidecar {str(metadata_path)!r} is missing, so the labels cannot be checked: {fix}")
     try:
         metadata = json.loads(metadata_path.read_text())
+    except PermissionError as exc:
+        raise _not_readable(metadata_path, exc) from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"sidecar {str(metadata_path)!r} is unreadable ({exc}): {fix}") from exc
     required = ("sha256", "clean_sha256", "num_classes", "num_samples", "seed")
@@ -671,9 +689,66 @@ def _check_artifact_matches(
         )
     if metadata["num_classes"] != num_classes or metadata["seed"] != seed:
         raise ConfigError(
-            f"{where!r} records num_classes={metadata['num_classes']}, seed={metadata['seed']}, "
+            f"the sidecar of {where!r} records num_classes={metadata['num_classes']}, seed={metadata['seed']}, "
             f"not num_classes={num_classes}, seed={seed}: {fix}"
         )
+
+
+# Fields that do not describe the labels: when and by which version they were written, and where a CIFAR-N
+# file was read from (its labels' sha256 is checked instead).
+_PROVENANCE_FIELDS = ("created", "lsl_version", "noise.path")
+
+
+def _sidecar_checksum(metadata: dict[str, Any]) -> str:
+    """sha256 of the sidecar's content without its own checksum field (canonical JSON: sorted keys)."""
+    content = {key: value for key, value in metadata.items() if key != SIDECAR_CHECKSUM_FIELD}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_sidecar_unchanged(metadata: dict[str, Any], expected: dict[str, Any], metadata_path: Path, fix: str) -> None:
+    """Refuse a sidecar edited by hand: every field must be what the noise model, the clean and the noisy labels
+    give, and the whole content must match the checksum it was written with (sidecars from before that
+    checksum carry none: their fields are still checked)."""
+    differences = _differences(metadata, json.loads(json.dumps(expected)), "")
+    if differences:
+        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise ConfigError(
+            f"sidecar {str(metadata_path)!r} does not describe its labels (edited by hand?): {shown}: {fix}"
+        )
+    recorded = metadata.get(SIDECAR_CHECKSUM_FIELD)
+    if recorded is not None and recorded != _sidecar_checksum(metadata):
+        raise ConfigError(
+            f"sidecar {str(metadata_path)!r} was changed after it was written: its content no longer matches "
+            f"the {SIDECAR_CHECKSUM_FIELD} it was written with (a field such as 'created' was edited): {fix}"
+        )
+
+
+def _differences(recorded: Any, expected: Any, where: str) -> list[str]:
+    """Where ``recorded`` (a sidecar's JSON) differs from ``expected``, as ``"field: X in the sidecar, Y expected"``."""
+    if where in _PROVENANCE_FIELDS:
+        return []
+    if isinstance(expected, dict) and isinstance(recorded, dict):
+        found = []
+        for key in sorted(set(expected) | set(recorded)):
+            if key == SIDECAR_CHECKSUM_FIELD and not where:
+                continue
+            path = f"{where}.{key}" if where else key
+            if key not in recorded:
+                if path not in _PROVENANCE_FIELDS:
+                    found.append(f"{path} is missing")
+            elif key not in expected:
+                if path not in _PROVENANCE_FIELDS:
+                    found.append(f"{path} is not a field lsl writes")
+            else:
+                found.extend(_differences(recorded[key], expected[key], path))
+        return found
+    if isinstance(expected, list) and isinstance(recorded, list) and len(expected) == len(recorded):
+        return [line for index, (r, e) in enumerate(zip(recorded, expected))
+                for line in _differences(r, e, f"{where}[{index}]")]
+    same = (recorded == expected and type(recorded) is type(expected)) or (
+        isinstance(recorded, float) and isinstance(expected, float)
+        and math.isclose(recorded, expected, rel_tol=1e-12, abs_tol=1e-15))
+    return [] if same else [f"{where} is {json.dumps(recorded)} in the sidecar, but {json.dumps(expected)} here"]
 
 
 def _create_artifact(
@@ -689,13 +764,17 @@ def _create_artifact(
     labels = _as_labels(noise.corrupt(clean, num_classes, seed), f"labels drawn by {noise!r}", num_classes)
     _check_same_length(clean, labels)
     metadata = _artifact_metadata(noise, clean, labels, num_classes, dataset, split, seed)
+    metadata[SIDECAR_CHECKSUM_FIELD] = _sidecar_checksum(metadata)
     _check_orphan_sidecar(metadata_path, labels_path, metadata["sha256"])
     try:
         labels_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(labels_path, metadata_path, labels, metadata)
     except OSError as error:
-        raise ConfigError(f"cannot write the noisy labels to {str(labels_path.parent)!r} ({error}): set the data "
-                          "module's artifact_dir to a writable folder") from error
+        raise ConfigError(
+            f"cannot write the noisy labels to {str(labels_path.parent)!r} ({error.strerror or error}): set the "
+            "data's artifact_dir (data.init_args.artifact_dir; by default <dataset root>/noisy_labels) to a folder "
+            "you can write to, or ask the folder's owner to create the labels there once"
+        ) from error
     return NoisyLabels(labels=labels, path=labels_path, metadata=metadata)
 
 
@@ -772,16 +851,34 @@ def _write_atomically(labels_path: Path, metadata_path: Path, labels: np.ndarray
 
 
 def _write_temporary(directory: Path, final_name: str, write: Any) -> str:
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{final_name}.", suffix=".tmp", delete=False)
+    return write_new_file(directory, f".{final_name}.", write)
+
+
+def write_new_file(directory: str | Path, prefix: str, write: Any) -> str:
+    """Create a new uniquely named ``{prefix}XXXXXXXX.tmp`` in ``directory``, fill it with ``write(file)``,
+    fsync it and return its path (to be ``os.replace``d onto the final name); deleted again if writing fails.
+
+    Unlike ``tempfile`` (mode 0600, private), the file gets mode ``0666 & ~umask``, as ``open(path, "w")``
+    would give: the artifacts are shared, and a run of another user must be able to read them.
+    """
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}.tmp")
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:  # pragma: no cover - 100 collisions of 64 random bits
+        raise FileExistsError(f"no free temporary name in {directory}")
     try:
-        with handle:
+        with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
-        os.unlink(handle.name)
+        os.unlink(path)
         raise
-    return handle.name
+    return path
 
 
 def _json_bytes(metadata: dict[str, Any]) -> bytes:

@@ -326,7 +326,8 @@ def test_image_folder_rejects_a_test_class_unknown_to_training(tmp_path: Path) -
 
 def test_val_fraction_that_leaves_no_training_images_is_refused(tmp_path: Path) -> None:
     module = NoisyLabelDataModule(dataset=Digits(root=str(tmp_path)), val_fraction=0.9999)
-    module.prepare_data()
+    with pytest.raises(ConfigError, match="val_fraction=0.9999"):
+        module.prepare_data()  # before Lightning writes a run directory
     with pytest.raises(ConfigError, match="val_fraction=0.9999"):
         module.setup("fit")
 
@@ -692,11 +693,35 @@ def test_train_subset_is_a_fixed_subset_drawn_before_the_noise(tmp_path: Path) -
     other_rows = torch.cat([other.train_set.image_rows, other.val_set.image_rows]).numpy()
     np.testing.assert_array_equal(np.sort(other_rows), np.sort(rows))
     assert not np.array_equal(other.noisy_labels.labels, module.noisy_labels.labels)
-    # A subset at least as large as the split is the whole split, with the whole split's noisy labels.
-    whole = _ready(_digits_module(tmp_path / "c", train_subset=DIGITS_TRAIN + 5))
+    # A subset as large as the split is the whole split, with the whole split's noisy labels.
+    whole = _ready(_digits_module(tmp_path / "c", train_subset=DIGITS_TRAIN))
     plain = _ready(_digits_module(tmp_path / "d"))
     assert len(whole.train_set) + len(whole.val_set) == DIGITS_TRAIN
     assert torch.equal(whole.train_set.indices, plain.train_set.indices)
     np.testing.assert_array_equal(whole.noisy_labels.labels, plain.noisy_labels.labels)
     with pytest.raises(ConfigError, match="train_subset=0"):
         _digits_module(tmp_path, train_subset=0)
+
+
+def test_train_subset_larger_than_the_data_is_refused_before_any_label_is_drawn(tmp_path: Path) -> None:
+    module = _digits_module(tmp_path, train_subset=DIGITS_TRAIN + 5)
+    with pytest.raises(ConfigError) as info:
+        module.prepare_data()
+    message = str(info.value)
+    assert f"train_subset={DIGITS_TRAIN + 5}" in message and f"the {DIGITS_TRAIN} training images" in message
+    assert "null" in message and "\n" not in message
+    assert not (tmp_path / "noisy_labels").exists()
+
+
+@pytest.mark.parametrize("val_fraction", [0.0001, 0.0003])
+def test_a_val_fraction_that_holds_out_no_image_is_refused(tmp_path: Path, val_fraction: float) -> None:
+    module = _digits_module(tmp_path, val_fraction=val_fraction)  # of 1,437 images: rounds to 0
+    with pytest.raises(ConfigError, match=rf"val_fraction={val_fraction} of {DIGITS_TRAIN} training images holds "
+                                          r"out none.*or 0 for none"):
+        module.prepare_data()
+    assert not (tmp_path / "noisy_labels").exists()
+
+
+def test_a_val_fraction_that_holds_out_one_image_is_accepted(tmp_path: Path) -> None:
+    module = _ready(_digits_module(tmp_path, val_fraction=0.5 / DIGITS_TRAIN + 1e-6))
+    assert len(module.val_set) == 1 and len(module.train_set) == DIGITS_TRAIN - 1

@@ -79,7 +79,44 @@ def test_the_percentile_ignores_an_outlier_that_the_maximum_picks() -> None:
 def test_anchor_points_are_the_samples_at_the_percentile() -> None:
     probabilities = np.array([[0.1, 0.9], [0.5, 0.5], [0.9, 0.1], [0.7, 0.3]])
     assert anchor_points(probabilities, 100.0).tolist() == [2, 0]
-    assert anchor_points(probabilities, 50.0).tolist() == [3, 1]  # "higher" median: 0.7 and 0.5
+    # Among the samples predicted as each class: class 0 has rows 1 (a tie goes to 0), 2, 3, whose "higher"
+    # median of p_0 is 0.7 (row 3); class 1 has row 0 alone.
+    assert anchor_points(probabilities, 50.0).tolist() == [3, 0]
+
+
+def confident_clean_posteriors(num_samples: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Each sample's clean class gets 1 - eps (eps uniform in [0, 0.2]), the rest eps spread at random."""
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(num_classes, size=num_samples)
+    eps = rng.uniform(0.0, 0.2, size=(num_samples, 1))
+    posteriors = eps * rng.dirichlet(np.ones(num_classes), size=num_samples)
+    posteriors[np.arange(num_samples), classes] += 1.0 - eps[:, 0]
+    return posteriors
+
+
+def test_the_default_percentile_finds_the_anchors_of_100_classes() -> None:
+    """K = 100: each class is 1% of the data, so the 97th percentile of p(noisy = i | x) over all samples
+    lands on a sample of another class; among the samples predicted as i it is a near-anchor of i."""
+    transition = SymmetricNoise(0.2).transition_matrix(100)
+    probabilities = noisy_posterior_model(confident_clean_posteriors(30_000, 100), transition)
+
+    estimate, anchors = estimate_transition_matrix(probabilities)  # percentile 97 by default
+
+    assert (probabilities[anchors].argmax(axis=1) == np.arange(100)).all()
+    error = estimation_error(estimate, transition)
+    assert np.abs(np.diag(estimate) - 0.8).max() < 0.02, np.diag(estimate)
+    assert error["max_row_l1_error"] < 0.05, error
+
+
+def test_a_class_that_no_sample_is_predicted_as_falls_back_to_all_samples() -> None:
+    from lsl.estimate import find_anchors
+
+    probabilities = np.array([[0.8, 0.15, 0.05], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.1, 0.7]])
+
+    anchors, fallback = find_anchors(probabilities, 100.0)
+
+    assert fallback == [1]  # no row has its maximum at class 1
+    assert anchors.tolist() == [0, 1, 2]  # class 1: the largest p_1 over all samples
 
 
 def test_estimation_error_is_the_mean_absolute_and_the_largest_row_l1_difference() -> None:
@@ -175,3 +212,118 @@ def test_bad_estimate_t_arguments_exit_2_and_write_nothing(case: str, tmp_path: 
 
     assert_clean_failure(2, capsys.readouterr().err, expected)
     assert set(tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------------- where --out cannot go (issue 15)
+
+
+def _estimate_t(tmp_path: Path, out: str, ckpt: str = "run.ckpt") -> list[str]:
+    (tmp_path / "config.yaml").write_text(Path(QUICKSTART).read_text())
+    return ["--ckpt", ckpt, "--config", "config.yaml", "--out", out]
+
+
+@pytest.mark.parametrize("case", ["parent is a file", "grandparent is a file", "out is a folder"])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(case: str, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder.npy").mkdir()
+    out = {"parent is a file": "afile/T.npy", "grandparent is a file": "afile/deeper/T.npy",
+           "out is a folder": "folder.npy"}[case]
+    arguments = _estimate_t(tmp_path, out, ckpt="missing.ckpt")
+    before = sorted(tmp_path.rglob("*"))
+
+    assert run_main(["estimate-t", *arguments]) == 2
+
+    err = capsys.readouterr().err
+    assert_clean_failure(2, err, "--out")
+    assert err.strip().count("\n") == 0 and "missing.ckpt" not in err  # refused before the checkpoint is read
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_out_folder_without_write_permission_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import lsl.estimate
+
+    (tmp_path / "shared").mkdir()
+    monkeypatch.setattr(lsl.estimate.os, "access", lambda path, mode: Path(path) != tmp_path / "shared")
+    with pytest.raises(ConfigError, match=r"the folder '.*shared' is not writable: give --out in a folder"):
+        lsl.estimate.estimate_t_command(["--ckpt", "x.ckpt", "--config", "x.yaml",
+                                         "--out", str(tmp_path / "shared" / "new" / "T.npy")])
+    assert list((tmp_path / "shared").iterdir()) == []
+
+
+def test_a_failed_write_is_a_config_error_and_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
+    import lsl.estimate
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lsl.estimate.np, "save", full_disk)
+    with pytest.raises(ConfigError, match="No space left on device.*give --out"):
+        lsl.estimate.write_estimate(tmp_path / "T.npy", np.eye(2), {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_estimate_files_are_created_like_normal_files_under_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from lsl.estimate import write_estimate
+
+    previous = os.umask(0o002)
+    try:
+        sidecar = write_estimate(tmp_path / "T.npy", np.eye(2), {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "T.npy").stat().st_mode) == 0o664
+    assert stat.S_IMODE(sidecar.stat().st_mode) == 0o664
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "empty"])
+def test_a_damaged_checkpoint_is_one_clean_line(damage: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {}}, tmp_path / "whole.ckpt")
+    content = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "run.ckpt").write_bytes({"truncated": content[: len(content) // 2],
+                                         "not a checkpoint": b"garbage, not a zip and not a pickle",
+                                         "empty": b""}[damage])
+
+    assert run_main(["estimate-t", *_estimate_t(tmp_path, "out/T.npy")]) == 2
+
+    err = capsys.readouterr().err
+    assert_clean_failure(2, err, "run.ckpt", "intact .ckpt")
+    error_lines = [line for line in err.splitlines() if line.strip()]
+    assert error_lines[-1].startswith("lsl: error:") and "weights_only" not in err, err
+    assert sum(line.startswith("lsl: error:") for line in error_lines) == 1
+    assert "\n" not in err[err.index("lsl: error:"):].strip(), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_estimate_t_warns_in_the_sidecar_about_a_class_no_sample_is_predicted_as(tmp_path: Path, monkeypatch,
+                                                                                   capsys) -> None:
+    import types
+
+    import lsl.estimate
+    from lsl.losses import CrossEntropy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.ckpt").write_bytes(b"stands in for a checkpoint")
+    model = types.SimpleNamespace(loss=CrossEntropy())
+    monkeypatch.setattr(lsl.estimate, "load_model", lambda checkpoint, config, device: model)
+
+    def predict(model, datamodule, dataset, device):  # class 7 is never the argmax
+        probabilities = np.full((len(dataset), 10), 0.02)
+        probabilities[np.arange(len(dataset)), np.arange(len(dataset)) % 10] = 0.82
+        probabilities[np.arange(len(dataset)) % 10 == 7] = np.roll(probabilities[0], 3)
+        return probabilities / probabilities.sum(axis=1, keepdims=True), np.arange(len(dataset))
+
+    monkeypatch.setattr(lsl.estimate, "predict_probabilities", predict)
+
+    assert run_main(["estimate-t", *_estimate_t(tmp_path, "T.npy")]) == 0
+
+    sidecar = json.loads((tmp_path / "T.json").read_text())
+    assert sidecar["anchor_fallback_classes"] == [7]
+    assert "class 7" in sidecar["warnings"][0] and "unreliable" in sidecar["warnings"][0]
+    assert "lsl: warning: no sample is predicted as class 7" in capsys.readouterr().err

@@ -352,3 +352,74 @@ def test_forward_correction_is_bounded_and_backward_correction_is_not():
     assert ForwardCorrection(alpha=0.4)(confident, target) >= 0
     assert BackwardCorrection(alpha=0.4)(confident, target) < 0
     assert LabelSmoothing(-0.5)(confident, target) < 0
+
+
+# ------------------------------------------------------------- T that forward correction cannot use (issue 15)
+
+
+def transition_with_zero_column(num_classes: int = 5, column: int = 3) -> np.ndarray:
+    """Row-stochastic, invertible nowhere near: clean class `column` always flips to 0, nothing flips to it."""
+    matrix = 0.8 * np.eye(num_classes) + 0.2 / num_classes
+    matrix[:, column] = 0.0
+    matrix[column] = np.eye(num_classes)[0]
+    return matrix / matrix.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("source", ["matrix", "path", "data"])
+def test_forward_correction_refuses_a_t_with_an_all_zero_column(tmp_path, source):
+    matrix = transition_with_zero_column()
+    with pytest.raises(ConfigError, match=r"column 3 of .* is all zero: no sample could carry noisy label 3"):
+        if source == "matrix":
+            ForwardCorrection(matrix=matrix.tolist())
+        elif source == "path":
+            np.save(tmp_path / "T.npy", matrix)
+            ForwardCorrection(path=str(tmp_path / "T.npy"))
+        else:
+            ForwardCorrection().use_data_transition_matrix(matrix)
+
+
+# ----------------------------------------- alpha (redraw convention) against the data's T (issue 15)
+
+
+def flip_noise(rate: float, num_classes: int) -> np.ndarray:
+    """SymmetricNoise(rate), flip convention: 1 - rate on the diagonal, rate / (K - 1) off it."""
+    return (1 - rate) * np.eye(num_classes) + rate / (num_classes - 1) * (1 - np.eye(num_classes))
+
+
+@pytest.mark.parametrize("loss_class", [ForwardCorrection, BackwardCorrection])
+def test_alpha_beside_flip_noise_of_the_same_number_is_refused(loss_class):
+    from lsl.noise import SymmetricNoise
+
+    loss = loss_class(alpha=0.2)
+    with pytest.raises(ConfigError) as error:
+        loss.use_data_transition_matrix(SymmetricNoise(0.2).transition_matrix(10))
+    message = str(error.value)
+    assert "alpha=0.2" in message and "Drop alpha" in message and "0.2222222222" in message, message
+    assert "matrix" in message and "path" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("loss_class", [ForwardCorrection, BackwardCorrection])
+def test_alpha_that_gives_the_data_t_is_accepted(loss_class):
+    from lsl.noise import SymmetricNoise
+
+    logits, target = random_batch(3, 10)
+    flip = SymmetricNoise(0.2).transition_matrix(10)
+    matched = loss_class(alpha=10 * 0.2 / 9)
+    matched.use_data_transition_matrix(flip)  # the same T under flip: accepted
+    assert_close(matched(logits, target), loss_class(matrix=flip.tolist())(logits, target), **TOL)
+
+    redraw = loss_class(alpha=0.2)
+    redraw.use_data_transition_matrix(SymmetricNoise(0.2, convention="redraw").transition_matrix(10))
+    assert_close(redraw(logits, target), loss_class(matrix=symmetric_matrix(0.2, 10).tolist())(logits, target), **TOL)
+
+
+@pytest.mark.parametrize("loss_class", [ForwardCorrection, BackwardCorrection])
+def test_a_deliberately_different_t_stays_possible_through_matrix_or_clean_data(loss_class):
+    loss = loss_class(matrix=symmetric_matrix(0.2, 10).tolist())
+    loss.use_data_transition_matrix(flip_noise(0.2, 10))  # own matrix: the data's T is ignored
+    np.testing.assert_allclose(loss.transition_matrix.double().numpy(), symmetric_matrix(0.2, 10), atol=1e-7)
+    loss_class(alpha=0.2).use_data_transition_matrix(np.eye(10))  # clean labels: alpha is a regulariser
+
+
+def test_alpha_mismatch_is_checked_only_for_symmetric_data_t():
+    ForwardCorrection(alpha=0.2).use_data_transition_matrix(random_transition_matrix(1, 10))  # no error

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -440,3 +442,119 @@ def test_real_cifar10n_noise_rates():
         transition = noise.transition_matrix(K)
         nominal = np.mean(1 - np.diag(transition)[noise.clean_labels])
         assert nominal == pytest.approx(published_rate, abs=0.001)
+
+
+# ------------------------------------------------------------------ the artifact store (issue 15)
+
+
+def _edit_sidecar(json_path: Path, field: str, value) -> None:
+    metadata = json.loads(json_path.read_text())
+    *parents, last = field.split(".")
+    target = metadata
+    for parent in parents:
+        target = target[parent]
+    if isinstance(value, str) and value == "DELETE":
+        del target[last]
+    else:
+        target[last] = value
+    json_path.write_text(json.dumps(metadata, indent=1))
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("noise.rate", 0.3, "noise.rate is 0.3"),
+    ("noise.convention", "redraw", "noise.convention"),
+    ("nominal_rate", 0.5, "nominal_rate is 0.5"),
+    ("dataset", "other", "dataset"),
+    ("created", "2020-01-01T00:00:00+00:00", "changed after it was written"),
+    ("lsl_version", "9.9", "changed after it was written"),
+])
+def test_a_sidecar_edited_by_hand_is_refused(clean, tmp_path, field, value, named):
+    artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    labels_bytes = artifact.path.read_bytes()
+    _edit_sidecar(artifact.metadata_path, field, value)
+
+    with pytest.raises(ConfigError) as error:
+        create(SymmetricNoise(0.2), clean, tmp_path)
+
+    message = str(error.value)
+    assert named in message and str(artifact.metadata_path) in message, message
+    assert "delete" in message and "restore" in message and "\n" not in message
+    assert artifact.path.read_bytes() == labels_bytes  # the labels were never touched
+
+
+def test_a_sidecar_edited_in_its_matrix_is_refused(clean, tmp_path):
+    artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    metadata = json.loads(artifact.metadata_path.read_text())
+    metadata["transition_matrix"][0][0] = 0.7
+    metadata["transition_matrix"][0][1] += 0.1
+    artifact.metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(ConfigError, match=r"transition_matrix\[0\]\[0\] is 0.7 in the sidecar"):
+        create(SymmetricNoise(0.2), clean, tmp_path)
+
+
+def test_a_sidecar_from_before_its_checksum_is_still_checked_field_by_field(clean, tmp_path):
+    artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    _edit_sidecar(artifact.metadata_path, "sidecar_sha256", "DELETE")
+    np.testing.assert_array_equal(create(SymmetricNoise(0.2), clean, tmp_path).labels, artifact.labels)
+    _edit_sidecar(artifact.metadata_path, "noise.rate", 0.4)
+    with pytest.raises(ConfigError, match="noise.rate is 0.4 in the sidecar"):
+        create(SymmetricNoise(0.2), clean, tmp_path)
+
+
+def test_a_moved_cifar_n_file_still_reads_its_artifact(fake_cifar10n, tmp_path):
+    path, content = fake_cifar10n
+    load_or_create_noisy_labels(HumanNoise(str(path), "worse_label"), content["clean_label"], K,
+                                dataset="cifar10", split="train", seed=0, directory=tmp_path / "labels")
+    moved = tmp_path / "elsewhere" / path.name
+    moved.parent.mkdir()
+    path.rename(moved)
+    again = load_or_create_noisy_labels(HumanNoise(str(moved), "worse_label"), content["clean_label"], K,
+                                        dataset="cifar10", split="train", seed=0, directory=tmp_path / "labels")
+    np.testing.assert_array_equal(again.labels, content["worse_label"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_artifact_files_are_created_like_normal_files_under_the_umask(clean, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        artifact = create(SymmetricNoise(0.2), clean, tmp_path)
+    finally:
+        os.umask(previous)
+    for path in (artifact.path, artifact.metadata_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, oct(path.stat().st_mode)
+
+
+def test_an_artifact_dir_that_cannot_be_created_names_the_setting_to_change(clean, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=r"data\.init_args\.artifact_dir.*folder you can write to"):
+        create(SymmetricNoise(0.2), clean, tmp_path / "afile" / "labels")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs file permissions (not root)")
+def test_a_read_only_artifact_dir_is_refused_with_the_setting_to_change(clean, tmp_path):
+    directory = tmp_path / "labels"
+    directory.mkdir()
+    directory.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match=r"Permission denied.*data\.init_args\.artifact_dir"):
+            create(SymmetricNoise(0.2), clean, directory)
+        assert list(directory.iterdir()) == []
+    finally:
+        directory.chmod(0o755)
+
+
+def test_an_artifact_that_cannot_be_read_is_not_advised_to_be_deleted(clean, tmp_path, monkeypatch):
+    """Another user's private file is a permission problem: deleting it (the advice for damage) is wrong."""
+    import lsl.noise
+
+    create(SymmetricNoise(0.2), clean, tmp_path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(lsl.noise.np, "load", denied)
+    with pytest.raises(ConfigError) as error:
+        create(SymmetricNoise(0.2), clean, tmp_path)
+    message = str(error.value)
+    assert "Permission denied" in message and "chmod a+r" in message and "artifact_dir" in message, message
+    assert "delete" not in message
