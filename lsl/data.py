@@ -15,10 +15,11 @@ from __future__ import annotations
 import gzip
 import pickle
 import re
+import shutil
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
@@ -124,6 +125,7 @@ class CIFAR10(InMemorySource):
     crop_padding = 4
     flip = True
     size_mb = 163
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
     def __init__(self, root: str = "data", download: bool = False) -> None:
         self.root = Path(root)
@@ -135,7 +137,9 @@ class CIFAR10(InMemorySource):
 
     def prepare(self) -> None:
         if self._missing() and self.download:
-            self._download()
+            fetch(self._download, type(self).__name__, self.root,
+                  f"unpack the python version of the dataset ({self.url}) so that {self.root / self.folder}/ "
+                  f"holds {', '.join(self.train_files + self.test_files)}")
         missing = self._missing()
         if missing:
             raise ConfigError(
@@ -169,6 +173,19 @@ class CIFAR10(InMemorySource):
         TorchvisionCIFAR10(str(self.root), download=True)
 
 
+def fetch(download: Callable[[], object], what: str, root: Path, by_hand: str) -> None:
+    """Run a torchvision download into ``root``; a failure (no network, a proxy, a bad mirror) becomes one line
+    that says how to put the files in place by hand, and a ``root`` the failed download created is removed."""
+    existed = root.exists()
+    try:
+        download()
+    except Exception as error:  # urllib, http and checksum errors have no common base below Exception
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)  # only what this failed download wrote
+        raise ConfigError(f"could not download {what} ({type(error).__name__}: {str(error)[:150]}): with no "
+                          f"network, {by_hand}") from error
+
+
 class CIFAR100(CIFAR10):
     """CIFAR-100 (Krizhevsky 2009, 100 fine labels) from its standard ``cifar-100-python`` folder.
 
@@ -192,6 +209,7 @@ class CIFAR100(CIFAR10):
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
     size_mb = 161
+    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
     def __init__(self, root: str = "data", download: bool = False) -> None:
         super().__init__(root, download)
@@ -245,7 +263,10 @@ class FashionMNIST(InMemorySource):
         if self._folder() is None and self.download:
             from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
 
-            TorchvisionFashionMNIST(str(self.root), download=True)
+            fetch(lambda: TorchvisionFashionMNIST(str(self.root), download=True), "Fashion-MNIST", self.root,
+                  f"put the four idx files (train-images-idx3-ubyte.gz, ...; {TorchvisionFashionMNIST.mirrors[0]}) "
+                  f"in {self.root}, or install Debian's dataset-fashion-mnist and use root: "
+                  "/usr/share/datasets/fashion-mnist")
         if self._folder() is None:
             raise ConfigError(
                 f"Fashion-MNIST not found: looked for train-images-idx3-ubyte(.gz) and the three other idx "

@@ -195,7 +195,7 @@ class Classifier(pl.LightningModule):
         if compile:
             self.network.compile()  # in place, so the checkpoint keys stay those of the plain network
         self.loss = loss if loss is not None else CrossEntropy()
-        if isinstance(self.loss, TransitionMatrixLoss) and not self.loss.has_own_matrix:
+        if isinstance(self.loss, TransitionMatrixLoss):  # takes the data's T, or checks its own alpha against it
             self.loss.use_data_transition_matrix((noise or NoNoise()).transition_matrix(num_classes))
         # One call on dummy logits finds a loss that does not fit K (a 3x3 T for 10 classes, a singular T)
         # now, before Lightning writes a run directory, instead of at the first training step.

@@ -91,9 +91,30 @@ def test_paper_config_trains_on_a_cifar_folder(tmp_path: Path, config: str, writ
 
 
 def test_missing_data_fails_with_where_it_looked_and_writes_nothing(tmp_path: Path) -> None:
-    result = lsl("fit", "--config", str(CONFIGS / "ls_cifar100.yaml"), "--trainer.max_steps=20", cwd=tmp_path)
+    result = lsl("fit", "--config", str(CONFIGS / "ls_cifar100.yaml"), "--trainer.max_steps=20",
+                 "--data.init_args.dataset.init_args.download=false", cwd=tmp_path)
     assert_clean_failure(result.returncode, result.stderr, str(Path("data") / "cifar-100-python"), "download: true")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_paper_config_downloads_missing_data_and_says_where_to_put_it_when_it_cannot(tmp_path: Path,
+                                                                                        monkeypatch, capsys) -> None:
+    from torchvision.datasets import CIFAR100 as TorchvisionCIFAR100
+
+    asked = []
+
+    def no_network(self, root, *args, download=False, **kwargs):
+        asked.append((root, download))
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before it fetches
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(TorchvisionCIFAR100, "__init__", no_network)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["fit", "--config", str(CONFIGS / "ls_cifar100.yaml"), *QUIET, "--trainer.max_steps=1"]) == 2
+    assert asked == [("data", True)]  # the paper configs download by default
+    assert_clean_failure(2, capsys.readouterr().err, "could not download CIFAR100", "cifar-100-python.tar.gz",
+                         str(Path("data") / "cifar-100-python"))
+    assert list(tmp_path.iterdir()) == []  # the folder the failed download made is gone
 
 
 # ------------------------------------------------------------------------------ every config, in process

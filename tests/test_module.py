@@ -26,7 +26,7 @@ from lsl.errors import ConfigError
 from lsl.losses import BackwardCorrection, CrossEntropy, ForwardCorrection, LabelSmoothing
 from lsl.models import SmallCNN, resnet20, resnet32
 from lsl.module import Classifier, NoisyTrainingMetrics, paper_schedule, paper_sgd
-from lsl.noise import SymmetricNoise
+from lsl.noise import PairFlipNoise, SymmetricNoise
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
@@ -415,15 +415,25 @@ def test_backward_correction_gets_the_noise_models_matrix():
 
 
 def test_loss_with_its_own_alpha_keeps_its_own_matrix():
-    model = Classifier(backbone=SmallCNN, loss=ForwardCorrection(alpha=0.2), noise=SymmetricNoise(0.4),
-                       num_classes=10)
+    # The data's T is pair flipping, not symmetric: an own alpha then stands (a symmetric data T that differs
+    # from it is refused, see below).
+    model = Classifier(backbone=SmallCNN, loss=ForwardCorrection(alpha=0.2),
+                       noise=PairFlipNoise(0.4), num_classes=10)
     logits, target = random_logits(10)
     own = 0.8 * np.eye(10) + 0.02  # the alpha parametrisation: (1 - alpha) I + alpha / K J
-    data_matrix = SymmetricNoise(0.4).transition_matrix(10)
+    data_matrix = PairFlipNoise(0.4).transition_matrix(10)
     value = model.loss(logits, target).double()
     assert_close(value, forward_correction_by_hand(logits, target, own).mean(), atol=1e-5, rtol=1e-5)
     assert abs(value.item() - forward_correction_by_hand(logits, target, data_matrix).mean().item()) > 1e-3
     assert_close(model.loss.transition_matrix.double(), torch.from_numpy(own), atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("loss", [ForwardCorrection, BackwardCorrection], ids=["FC", "BC"])
+def test_classifier_refuses_an_alpha_that_is_not_the_data_symmetric_t(loss):
+    # alpha 0.2 (redraw) beside SymmetricNoise(0.2) (flip) is another T: refused when the model is built.
+    with pytest.raises(ConfigError, match="alpha"):
+        Classifier(backbone=SmallCNN, loss=loss(alpha=0.2), noise=SymmetricNoise(0.2), num_classes=10)
+    Classifier(backbone=SmallCNN, loss=loss(alpha=10 * 0.2 / 9), noise=SymmetricNoise(0.2), num_classes=10)
 
 
 def test_loss_with_its_own_matrix_keeps_it():
