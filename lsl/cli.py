@@ -28,12 +28,12 @@ from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
 from lsl.checkpoint_check import SPECIAL_PATHS, check_checkpoint_matches, hpc_checkpoint, read_checkpoint
 from lsl.data import NoisyLabelDataModule
 from lsl.divergence import DivergenceGuard
-from lsl.errors import ConfigError
+from lsl.errors import ConfigError, error_behind
 from lsl.estimate import estimate_t_command
 from lsl.module import Classifier
 from lsl.report import report_command
-from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, continue_last_run, newest_run_with_last_checkpoint,
-                        use_atomic_checkpoints)
+from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, check_resume_trained, continue_last_run,
+                        newest_run_with_last_checkpoint, use_atomic_checkpoints)
 from lsl.sweep import sweep_command
 from lsl.views import TensorBoardViews
 
@@ -93,6 +93,7 @@ class LSLCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         self._checkpoint: tuple[str, dict] | None = None
+        self._resumed_step: int | None = None
         if not subcommand:
             return
         config = self.config[subcommand]
@@ -138,6 +139,7 @@ class LSLCLI(LightningCLI):
         fingerprint = getattr(self.datamodule, "fingerprint", None)
         check_checkpoint_matches(checkpoint, path, self.model, fingerprint,
                                  may_differ=self.config[self.subcommand].allow_changed_hparams)
+        self._resumed_step = checkpoint.get("global_step")
         self._checkpoint = None  # Lightning reads the file again itself: do not hold the weights twice
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
@@ -152,7 +154,11 @@ class LSLCLI(LightningCLI):
             _ = logger.version
 
     def after_fit(self) -> None:
-        if not self.config.fit.test_after_fit or self.trainer.interrupted:
+        if self.trainer.interrupted:
+            return
+        if self._resumed_step is not None:
+            check_resume_trained(self.trainer, self._resumed_step)
+        if not self.config.fit.test_after_fit:
             return
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
         best = _best_checkpoint(self.trainer)
@@ -267,7 +273,7 @@ def main(args: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
     except Exception as error:
-        config_error = _config_error_behind(error)
+        config_error = error_behind(error, lambda cause: isinstance(cause, ConfigError))
         if config_error is None:
             raise
         print(f"lsl: error: {config_error}", file=sys.stderr)
@@ -296,14 +302,3 @@ def check_config_files(argv: list[str]) -> None:
         if not isinstance(content, dict):
             raise ConfigError(f"config file {str(path)!r} holds a {type(content).__name__}, not a mapping of "
                               "sections (trainer:, model:, data:): see configs/quickstart.yaml")
-
-
-def _config_error_behind(error: BaseException | None) -> ConfigError | None:
-    """The ConfigError that caused ``error``: jsonargparse wraps errors raised while it instantiates classes."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, ConfigError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None

@@ -18,7 +18,6 @@ import argparse
 import importlib
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lsl.data import Batch, NoisyLabelDataModule
 from lsl.distill import file_sha256
-from lsl.errors import ConfigError
+from lsl.errors import ConfigError, warn
 from lsl.losses import CrossEntropy
 from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix, write_new_file
 
@@ -321,7 +320,7 @@ def estimate_t_command(argv: list[str]) -> None:
     if fallback:
         sidecar["anchor_fallback_classes"] = fallback
         sidecar["warnings"] = [_fallback_warning(fallback)]
-        print(f"lsl: warning: {_fallback_warning(fallback)}", file=sys.stderr)
+        warn(_fallback_warning(fallback))
     sidecar_path = write_estimate(options.out, matrix, sidecar)
     _report(options.out, sidecar_path, sidecar)
 
@@ -369,9 +368,8 @@ def _check_same_labels(model: pl.LightningModule, datamodule: NoisyLabelDataModu
 def _warn_if_not_cross_entropy(model: pl.LightningModule) -> None:
     loss = getattr(model, "loss", None)
     if loss is not None and not isinstance(loss, CrossEntropy):
-        print(f"lsl: warning: the checkpoint was trained with {type(loss).__name__}, not cross-entropy: its outputs "
-              "are not the noisy posterior, so the estimate is biased (label smoothing pulls T towards uniform rows)",
-              file=sys.stderr)
+        warn(f"the checkpoint was trained with {type(loss).__name__}, not cross-entropy: its outputs are not the "
+             "noisy posterior, so the estimate is biased (label smoothing pulls T towards uniform rows)")
 
 
 def _sidecar(options: argparse.Namespace, config: dict[str, Any], datamodule: NoisyLabelDataModule,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Callable, Iterable, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
@@ -17,7 +15,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lsl.data import Batch
 from lsl.diagnostics import COLLAPSE_SHARE, collapsed
-from lsl.errors import ConfigError
+from lsl.errors import ConfigError, warn
 from lsl.losses import CrossEntropy, TransitionMatrixLoss
 from lsl.models import resnet32
 from lsl.noise import NoiseModel, NoNoise
@@ -299,7 +297,11 @@ class Classifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         share = self.test_metrics["top_class_share"].compute().item()  # synced, and cached for the log
         if collapsed(share):
-            _say_collapsed(self.test_prefix, share)
+            # A finished run that is not a result: loud on stderr; `lsl report` marks it from the logged share.
+            warn(f"the model collapsed: {share:.0%} of the {self.test_prefix.rstrip('/')} predictions are one "
+                 f"class (>= {COLLAPSE_SHARE:.0%}), so its accuracy is about chance. An unbounded loss (backward "
+                 "correction, negative smoothing) does this at a high learning rate: lower the lr or alpha, or "
+                 "clip the gradients (--trainer.gradient_clip_val=1.0)")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Class probabilities, with the sample indices and clean targets they belong to."""
@@ -322,12 +324,3 @@ class Classifier(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
-
-
-@rank_zero_only
-def _say_collapsed(prefix: str, share: float) -> None:
-    # A finished run that is not a result: loud on stderr, and `lsl report` marks it from the logged share.
-    print(f"lsl: warning: the model collapsed: {share:.0%} of the {prefix.rstrip('/')} predictions are one class "
-          f"(>= {COLLAPSE_SHARE:.0%}), so its accuracy is about chance. An unbounded loss (backward correction, "
-          "negative smoothing) does this at a high learning rate: lower the lr or alpha, or clip the gradients",
-          file=sys.stderr, flush=True)

@@ -22,9 +22,8 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
 
-from lsl.errors import ConfigError
+from lsl.errors import ConfigError, error_behind, warn
 
 _VERSION = re.compile(r"^version_(\d+)$")
 
@@ -60,13 +59,18 @@ def save_atomically(content: Any, path: str | Path) -> None:
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise ConfigError(f"could not write {str(path)!r}: {error.strerror}; the previous file there is "
+        full = error_behind(error, _is_disk_full)
+        if full is not None:
+            raise ConfigError(f"could not write {str(path)!r}: {full.strerror}; the previous file there is "
                               "intact: free space on that disk (or raise the quota), or point "
                               "--trainer.logger.init_args.save_dir at another one") from error
         raise
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from writers that were killed mid-write
         leftover.unlink(missing_ok=True)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def use_atomic_checkpoints(trainer: pl.Trainer) -> None:
@@ -84,11 +88,6 @@ class ResumableCheckpoint(ModelCheckpoint):
     ``ModelCheckpoint``'s.
     """
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        if trainer.fit_loop.done:  # after the restore: a resumed run that already reached a limit
-            _refuse_or_warn_nothing_to_train(trainer)
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
@@ -105,10 +104,17 @@ class ResumableCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def _refuse_or_warn_nothing_to_train(trainer: pl.Trainer) -> None:
-    """A resumed fit that would train no step: refused when a limit asks for more than another one allows
-    (``max_steps`` raised while ``max_epochs`` is already reached), else a warning (a finished run restarted)."""
+def check_resume_trained(trainer: pl.Trainer, resumed_step: int) -> None:
+    """After a fit resumed at ``resumed_step``: one that trained no step is refused when a limit asked for more
+    than another one allowed (``max_steps`` raised while ``max_epochs`` was already reached), and only warned
+    about otherwise (a finished run started again).
+
+    Lightning skips the whole training loop when a limit is reached at the restore, so no hook of a callback
+    runs in between: the check reads the trainer once the fit returned, before anything is tested.
+    """
     steps, epochs = trainer.global_step, trainer.current_epoch
+    if steps != resumed_step:
+        return
     limits = {"max_steps": (trainer.max_steps, steps), "max_epochs": (trainer.max_epochs, epochs)}
     set_limits = {name: (limit, done) for name, (limit, done) in limits.items() if limit not in (None, -1)}
     reached = [f"{name}={limit}" for name, (limit, done) in set_limits.items() if done >= limit]
@@ -118,8 +124,8 @@ def _refuse_or_warn_nothing_to_train(trainer: pl.Trainer) -> None:
         raise ConfigError(f"{' and '.join(wanting)} asks for more training, but {where}, which reaches "
                           f"{' and '.join(reached)}, so no step would be trained: raise "
                           f"{' and '.join('--trainer.' + limit.split('=')[0] for limit in reached)} too")
-    rank_zero_warn(f"lsl: warning: nothing left to train: {where} ({' and '.join(reached) or 'a stopping rule'} "
-                   "reached); raise the limit to train more")
+    warn(f"nothing left to train: {where} ({' and '.join(reached) or 'a stopping rule'} reached); raise the "
+         "limit to train more")
 
 
 class RandomStateCheckpoint(Callback):

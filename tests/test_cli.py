@@ -171,7 +171,22 @@ BAD_INPUT = {
                      "--data.init_args.noise.init_args.key=aggre_labels"],
         "aggre_labels"),
     "negative batch size": (lambda tmp: ["--data.init_args.batch_size=-1"], "batch_size=-1"),
+    "max_epochs 0": (lambda tmp: ["--trainer.max_epochs=0"], "max_epochs=0"),
+    "negative max_epochs": (lambda tmp: ["--trainer.max_epochs=-3"], "max_epochs=-3"),
+    "negative max_steps": (lambda tmp: ["--trainer.max_steps=-5"], "max_steps=-5"),
+    "negative learning rate": (lambda tmp: ["--model.init_args.optimizer.init_args.lr=-0.1"], "learning rate"),
+    "save_dir is a file": (lambda tmp: [f"--trainer.logger.init_args.save_dir={_file(tmp / 'plain')}"], "is a file"),
+    "save_dir under a file": (
+        lambda tmp: [f"--trainer.logger.init_args.save_dir={_file(tmp / 'plain')}/logs"], "is a file"),
+    "empty config": (lambda tmp: ["--config", _file(tmp / "empty.yaml")], "is empty"),
+    "config of a comment": (lambda tmp: ["--config", _file(tmp / "comment.yaml", "# nothing\n")], "is empty"),
+    "config of a list": (lambda tmp: ["--config", _file(tmp / "list.yaml", "- 1\n- 2\n")], "not a mapping"),
 }
+
+
+def _file(path: Path, content: str = "") -> str:
+    path.write_text(content)
+    return str(path)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
@@ -183,6 +198,16 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(case: str, tmp_path
     assert run_main(["fit", "--config", QUICKSTART, *QUIET, *extra]) == 2
     assert_clean_failure(2, capsys.readouterr().err, expected)
     assert set(tmp_path.iterdir()) == before  # no logs/, no data/noisy_labels
+
+
+@pytest.mark.parametrize("argument", ["--optimizer=torch.optim.Adam", "--lr_scheduler=torch.optim.lr_scheduler.StepLR"])
+def test_top_level_optimizer_and_scheduler_do_not_exist(argument: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    # LightningCLI's own would silently replace the model's optimizer and drop its schedule, while hparams.yaml
+    # still named the old ones: the model's init_args are the one way to set them.
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, argument]) == 2
+    assert argument.split("=")[0] in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_corrupted_noise_artifact_is_refused_not_regenerated(tmp_path: Path, monkeypatch, capsys) -> None:

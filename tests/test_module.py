@@ -235,6 +235,21 @@ def test_test_step_metrics_match_hand_computation(data):
     assert abs(hand_ece(probs, clean) - hand_ece(probs, noisy)) > 1e-2
 
 
+def test_a_collapsed_model_is_said_loudly_at_test_end(tmp_path, capsys):
+    logits = torch.full((N, K), -5.0)
+    logits[:, 3] = 5.0  # every sample predicted as class 3: a model that collapsed to one class
+    clean = torch.arange(N) % K
+    model = fixed_classifier(logits)
+    (tested,) = cpu_trainer(tmp_path).test(model, dataloaders=hand_loader(logits, clean, clean), verbose=False)
+    assert tested["test/top_class_share"] == pytest.approx(1.0)
+    assert "lsl: warning: the model collapsed: 100% of the test predictions are one class" in capsys.readouterr().err
+
+    healthy, _, _ = known_data()
+    model = fixed_classifier(healthy)
+    (tested,) = cpu_trainer(tmp_path).test(model, dataloaders=hand_loader(healthy, clean, clean), verbose=False)
+    assert tested["test/top_class_share"] < 0.5 and "collapsed" not in capsys.readouterr().err
+
+
 def test_ece_bins_are_configurable(data):
     logits, clean, _ = data
     probs = torch.softmax(logits.double(), dim=1)

@@ -184,6 +184,31 @@ def kill_writers(tmp_path: Path, rounds: int) -> int:
     return kills_mid_write
 
 
+FULL_DISK_WRITE = """
+import resource, signal, sys, torch
+from lsl.errors import ConfigError
+from lsl.resume import AtomicCheckpointIO
+path = sys.argv[1]
+AtomicCheckpointIO().save_checkpoint({"weights": torch.zeros(10)}, path)  # the previous, whole checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+try:
+    AtomicCheckpointIO().save_checkpoint({"weights": torch.ones(1_000_000)}, path)
+except ConfigError as error:
+    print(error)
+"""
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path) -> None:
+    path = tmp_path / "last.ckpt"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_WRITE, str(path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "could not write" in result.stdout and "save_dir" in result.stdout
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(10))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
 def test_a_kill_during_a_checkpoint_write_never_leaves_an_unreadable_last_ckpt(tmp_path) -> None:
     assert kill_writers(tmp_path, rounds=12) >= 3
 
