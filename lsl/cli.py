@@ -295,7 +295,7 @@ def check_config_files(argv: list[str]) -> None:
         try:
             content = yaml.safe_load(path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}".replace("\n", " ")) from error
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
         if content is None:
             raise ConfigError(f"config file {str(path)!r} is empty: give a config such as configs/quickstart.yaml "
                               "(`lsl fit --config configs/quickstart.yaml --print_config` prints a full one)")

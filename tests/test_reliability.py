@@ -415,7 +415,8 @@ def test_check_every_n_steps_must_be_positive() -> None:
 def test_a_diverging_backward_correction_run_exits_2_naming_step_loss_and_remedy(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     diverging = ["--model.init_args.loss=lsl.losses.BackwardCorrection",
-                 "--model.init_args.optimizer.init_args.lr=1.0e3"]
+                 "--model.init_args.optimizer.init_args.lr=1.0e3",
+                 "--model.init_args.loss.init_args.alpha=0.4444444444"]  # the data's T (40% flip) in the redraw form
 
     assert run_main(["fit", "--config", QUICKSTART, *QUIET, *diverging]) == 2
 
@@ -424,7 +425,7 @@ def test_a_diverging_backward_correction_run_exits_2_naming_step_loss_and_remedy
     assert "Traceback" not in stderr
     assert re.match(r"lsl: error: training diverged: at step \d+ \(epoch 0, batch \d+\) the training loss "
                     r"\(BackwardCorrection\) is -?(nan|inf)", message), message
-    assert all(part in message for part in ("lr=1000", "alpha of the loss (now 0.4)", "--trainer.gradient_clip_val"))
+    assert all(part in message for part in ("lr=1000", "alpha of the loss (now 0.444444)", "--trainer.gradient_clip_val"))
 
 
 # ------------------------------------------------------------------------------------------------- bad input
@@ -536,7 +537,7 @@ BAD_FILES = {
         "--data.init_args.artifact_dir=" + _write(inputs / "labels", "")], "labels"),
     "config file missing": (lambda inputs: ["--config", str(inputs / "missing.yaml")], "missing.yaml"),
     "config file that is not YAML": (lambda inputs: ["--config", _write(inputs / "bad.yaml", "trainer: [\n")],
-                                     "Problems parsing config"),
+                                     "is not valid YAML"),
     "unknown argument": (lambda inputs: ["--data.init_args.bogus=1"], "bogus"),
     "resume from a missing checkpoint": (lambda inputs: [f"--ckpt_path={inputs / 'gone.ckpt'}"], "gone.ckpt"),
     "resume from a truncated checkpoint": (lambda inputs: [f"--ckpt_path={_a_checkpoint(inputs, True)}"],
