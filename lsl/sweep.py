@@ -137,6 +137,10 @@ class Sweep:
                 if teacher is not None:
                     overrides[TEACHER_KEY] = str(teacher.last_checkpoint.absolute())
                 overrides["trainer.logger"] = _logger(directory)
+                # Everything else the Trainer writes goes here too: on SLURM, Lightning saves hpc_ckpt_*.ckpt into
+                # default_root_dir at a requeue and restores whatever it finds there, so runs that shared the
+                # working directory restored each other's weights.
+                overrides["trainer.default_root_dir"] = str(directory)
                 run = Run(point, labels, stage, directory, overrides, teacher)
                 by_stage[stage.name] = run
                 runs.append(run)

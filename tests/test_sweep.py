@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from test_cli import CONFIGS, QUICKSTART, run_main, scalars
+from test_cli import CONFIGS, QUICKSTART, QUIET, run_main, scalars
 
 from lsl.errors import ConfigError
 from lsl.sweep import DONE_FILE, FAILED_FILE, LocalRunner, SlurmOptions, load_sweep, nested, sweep_command, \
@@ -146,6 +147,7 @@ def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path
                          str(run.directory / "overrides.yaml"), "--print_config"]) == 0, run.name
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["trainer"]["logger"]["init_args"]["save_dir"] == str(run.directory.parent)
+        assert printed["trainer"]["default_root_dir"] == str(run.directory)
         if run.teacher is not None:
             assert printed["model"]["init_args"]["teacher_checkpoint"].endswith("teacher/checkpoints/last.ckpt")
 
@@ -325,6 +327,47 @@ def test_the_slurm_task_script_runs_a_task_and_marks_it_done(tmp_path: Path, mon
                      "--trainer.accelerator=gpu --trainer.devices=1 --trainer.num_nodes=1"]
     assert json.loads((runs[1].directory / DONE_FILE).read_text())["slurm_job"] == "77"
     assert "finished earlier" in done.stdout
+
+
+# What `srun` sets in an array task: enough for Lightning's SLURMEnvironment.detect() (the job is not named
+# bash or interactive, so it is not an interactive allocation).
+SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "tiny", "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4241",
+              "SLURM_ARRAY_TASK_ID": "0", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+              "SLURM_NODELIST": "localhost", "SLURM_NNODES": "1"}
+
+
+def test_a_requeued_slurm_run_never_restores_the_hpc_checkpoint_another_run_left_in_the_working_directory(
+        tmp_path: Path, monkeypatch) -> None:
+    """Lightning on SLURM restores from any hpc_ckpt_*.ckpt in default_root_dir when no ckpt_path is given; the
+    array tasks all start in one working directory, so each run must own its default_root_dir."""
+    foreign_dir = tmp_path / "foreign"
+    foreign_dir.mkdir()
+    monkeypatch.chdir(foreign_dir)
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--seed_everything=1", "--trainer.max_steps=6",
+                     "--test_after_fit=false"]) == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hpc_ckpt_1.ckpt").write_bytes(
+        (foreign_dir / "logs/quickstart/version_0/checkpoints/last.ckpt").read_bytes())
+    monkeypatch.chdir(work)
+    sweep = load_sweep(write_sweep(tmp_path, f"""
+        name: tiny
+        config: {QUICKSTART}
+        overrides: {{trainer.max_steps: 3, test_after_fit: false, trainer.enable_progress_bar: false}}
+        grid: {{seed_everything: [0]}}
+    """))
+    [run] = sweep.runs(Path("logs"))
+    write_run_files(sweep, run)
+    task = subprocess.run([str(Path(sys.executable).with_name("lsl")), *run.fit_arguments()], cwd=work,
+                          env={**os.environ, **SLURM_TASK}, capture_output=True, text=True, timeout=600)
+    assert task.returncode == 0, task.stderr[-3000:]
+    assert "Restored all states" not in task.stdout + task.stderr and "hpc_ckpt" not in task.stdout + task.stderr
+    own = torch.load(work / run.directory / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert own["global_step"] == 3  # trained from scratch, not from the foreign run's 6 steps
+    stolen = torch.load(work / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert stolen["global_step"] == 6
+    assert not any(torch.equal(own["state_dict"][key], stolen["state_dict"][key]) for key in own["state_dict"]
+                   if key.endswith("weight"))
 
 
 def test_lsl_sweep_slurm_through_the_console_script(tmp_path: Path, monkeypatch, capsys) -> None:
