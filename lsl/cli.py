@@ -193,3 +193,70 @@ def _config_error_behind(error: BaseException | None) -> ConfigError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+# ------------------------------------------------------------------------------- checking configs without running
+
+
+class _Parsed(Exception):
+    """Raised by :class:`_ParseOnlyCLI` once the arguments parsed: nothing is seeded or instantiated."""
+
+    def __init__(self, cli: LSLCLI) -> None:
+        super().__init__("parsed")
+        self.cli = cli
+
+
+class _ParseOnlyCLI(LSLCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(self)
+
+
+def fit_config_checker():
+    """A function ``check(config_files)`` that parses ``lsl fit --config F1 --config F2 ...`` exactly as the
+    ``lsl`` command does, instantiating nothing, and raises ConfigError (one line) for a key or value
+    ``lsl fit`` rejects. The parser is built on the first call and reused (a parse then takes milliseconds)."""
+    import argparse
+    import warnings
+
+    cli: LSLCLI | None = None
+
+    def check(config_files: list[str]) -> None:
+        nonlocal cli
+        args = ["fit"] + [part for path in config_files for part in ("--config", str(path))]
+        try:
+            with warnings.catch_warnings():
+                # LightningCLI warns when `args` are given while sys.argv has its own (`lsl sweep ...`): as meant here.
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                if cli is None:
+                    _ParseOnlyCLI(Classifier, NoisyLabelDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                                  save_config_kwargs={"overwrite": True},
+                                  parser_kwargs={"description": DESCRIPTION, "exit_on_error": False}, args=args)
+                else:
+                    cli.parse_arguments(cli.parser, args)
+        except _Parsed as parsed:
+            cli = parsed.cli
+        except (argparse.ArgumentError, SystemExit) as error:
+            raise ConfigError(_parser_error_line(str(error))) from None
+
+    return check
+
+
+def check_fit_config(config_files: list[str]) -> None:
+    """Parses ``lsl fit --config F1 --config F2 ...`` without running or instantiating anything; a key or value
+    that ``lsl fit`` rejects is a ConfigError naming it."""
+    fit_config_checker()(config_files)
+
+
+_PARSER_NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value",
+                 "Problem with given class_path", "Expected a <class 'NoneType'>")
+
+
+def _parser_error_line(message: str) -> str:
+    """jsonargparse's nested, multi-line error as one line: the innermost reasons (``Option 'los' is not
+    accepted``), each prefixed with the path of parser keys that leads to it (``model: ``)."""
+    lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(_PARSER_NOISE)]
+    keys = [line.split('"')[1] for line in lines if line.startswith('Parser key "') and line.count('"') >= 2]
+    text = "; ".join(dict.fromkeys(reasons)) or " ".join(line for line in lines if line)
+    return (".".join(keys) + ": " if keys else "") + text
