@@ -435,6 +435,28 @@ def test_dry_run_lists_each_run_with_its_state_and_command(tmp_path: Path) -> No
     assert not (tmp_path / "logs").exists()
 
 
+class ClosedPipeAfter(io.StringIO):
+    """Standard output piped into ``head -n LINES``: the reader is gone once it has its lines."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def flush(self) -> None:
+        if self.getvalue().count("\n") > self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_dry_run_flushes_each_line_so_a_closed_pipe_stops_the_listing_at_once(tmp_path: Path) -> None:
+    """``lsl sweep --dry-run | head -1``: the closed pipe surfaces inside the listing, where ``lsl``'s main can
+    catch it, not in the interpreter's flush at exit (a traceback nobody can catch)."""
+    out = ClosedPipeAfter(1)
+    with pytest.raises(BrokenPipeError):
+        sweep_command(["--config", str(write_sweep(tmp_path, DISTILL_SWEEP)), "--dry-run", "--logs",
+                       str(tmp_path / "logs")], out)
+    assert out.getvalue().count("\n") == 2  # stopped at the first line past what the reader took
+
+
 # ------------------------------------------------------------------------------------------------ SLURM
 
 
