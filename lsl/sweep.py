@@ -473,17 +473,29 @@ def _covering_runs(runs: list[Run]) -> list[Run]:
 
 
 def _blame(sweep: Sweep, run: Run, error: ConfigError, parse) -> str:
-    """Which key of the sweep file makes ``lsl fit`` reject the run: each one alone on the base config."""
+    """Which key of the sweep file makes ``lsl fit`` reject the run: the one whose removal makes the config parse
+    (a value valid only beside another key, an alpha beside the loss that takes it, is not blamed), else the
+    first that fails alone on the base config."""
     try:
         parse(run, {}, "base.yaml")
     except ConfigError as base_error:
         return f"sweep {sweep.name}: `lsl fit` rejects the base config {str(run.stage.config)!r}: {base_error}"
+
+    def blamed(source: str, reason: ConfigError) -> str:
+        return (f"sweep {sweep.name}: {source} is not accepted by `lsl fit` (run {run.name}): {reason}; "
+                "fix the key or its value in the sweep file")
+
     for key, source in run.sources.items():
         try:
-            parse(run, {key: run.overrides[key]}, "one.yaml")
+            parse(run, {other: value for other, value in run.overrides.items() if other != key}, "without.yaml")
+        except ConfigError:
+            continue
+        return blamed(source, error)
+    for key, source in run.sources.items():
+        try:
+            parse(run, {key: run.overrides[key]}, "alone.yaml")
         except ConfigError as key_error:
-            return (f"sweep {sweep.name}: {source} is not accepted by `lsl fit` (run {run.name}): {key_error}; "
-                    "fix the key or its value in the sweep file")
+            return blamed(source, key_error)
     return f"sweep {sweep.name}: `lsl fit` rejects the config of run {run.name}: {error}"
 
 
@@ -719,12 +731,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--logs", type=Path, default=Path("logs"), help="where runs go: <logs>/<sweep>/<point>/")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
-    stale = parser.add_mutually_exclusive_group()
-    stale.add_argument("--rerun-stale", action="store_true",
-                       help="runs made with a different config (the sweep file or a base config changed since): "
-                            "delete their results and run them again from scratch")
-    stale.add_argument("--accept-stale", action="store_true",
-                       help="runs made with a different config: keep their results as this sweep's")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="runs made with a different config (the sweep file or a base config changed since): "
+                             "delete their results and run them again from scratch")
+    parser.add_argument("--accept-stale", action="store_true",
+                        help="runs made with a different config: keep their results as this sweep's")
     parser.add_argument("--slurm", action="store_true", help="write SLURM array job scripts instead of running")
     parser.add_argument("--gpus", type=int, default=1, help="--slurm: GPUs per run (DDP when more than 1)")
     parser.add_argument("--cpus-per-gpu", type=int, default=4, help="--slurm: CPU cores per GPU")
@@ -743,6 +754,8 @@ def sweep_command(argv: list[str], out=None) -> int:
         raise ConfigError(f"--parallel {options.parallel}: give 1 or more runs at a time")
     if options.gpus < 1:
         raise ConfigError(f"--gpus {options.gpus}: each SLURM run needs at least 1 GPU")
+    if options.rerun_stale and options.accept_stale:
+        raise ConfigError("--rerun-stale and --accept-stale: pass one (run stale runs again, or keep their results)")
     sweep = load_sweep(options.config)
     runs = sweep.runs(options.logs)
     check_configs(sweep, runs)

@@ -159,18 +159,29 @@ def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path
     ("{seed_everything: [0, 1]}", "{trainer.max_epoch: 2}", "override 'trainer.max_epoch'"),
     ("{model.init_args.loss.init_args.alhpa: [0.1, 0.4]}", "{}", "grid key 'model.init_args.loss.init_args.alhpa'"),
     ("{seed_everything: [0, zero]}", "{}", "grid key 'seed_everything'"),
+    # The alpha is fine beside the grid's loss, which takes one (not beside the base's cross-entropy, which
+    # takes none): the misspelt key is blamed, not the alpha.
+    ("{model.init_args.loss: [{class_path: lsl.losses.LabelSmoothing}], model.init_args.los: [1]}",
+     "{model.init_args.loss.init_args.alpha: 0.2}", "grid key 'model.init_args.los'"),
 ])
 @pytest.mark.parametrize("mode", [[], ["--dry-run"], ["--slurm"]], ids=["run", "dry-run", "slurm"])
 def test_a_key_lsl_fit_rejects_stops_the_sweep_before_any_run_naming_it(tmp_path: Path, monkeypatch, grid: str,
                                                                         overrides: str, named: str, mode) -> None:
     monkeypatch.chdir(tmp_path)
-    sweep_file = write_sweep(tmp_path, f"config: {QUICKSTART}\noverrides: {overrides}\ngrid: {grid}")
+    sweep_file = write_sweep(tmp_path, f"config: {CONFIGS / 'fashion_mnist' / 'ce.yaml'}\noverrides: {overrides}\n"
+                                       f"grid: {grid}")
     logs = tmp_path / "logs"
     with pytest.raises(ConfigError) as error:
         sweep_command(["--config", str(sweep_file), "--logs", str(logs), *mode], io.StringIO())
     message = str(error.value)
     assert message.startswith("sweep sweep: ") and named in message and "\n" not in message, message
     assert not logs.exists()
+
+
+def test_rerun_stale_and_accept_stale_exclude_each_other(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--rerun-stale and --accept-stale: pass one"):
+        sweep_command(["--config", str(write_sweep(tmp_path, f"config: {QUICKSTART}")), "--rerun-stale",
+                       "--accept-stale"], io.StringIO())
 
 
 def test_a_misspelt_key_is_one_error_line_from_the_console_script(tmp_path: Path, monkeypatch, capsys) -> None:
