@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import ctypes
 import os
@@ -22,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
 
@@ -99,6 +101,10 @@ class LSLCLI(LightningCLI):
         config = self.config[subcommand]
         if subcommand == "fit":
             check_fit_limits(config.trainer)
+        elif not config.get("ckpt_path"):
+            raise ConfigError(f"lsl {subcommand} needs --ckpt_path (a checkpoint file, or 'last' for the newest "
+                              "run's): without one it would evaluate untrained weights")
+        check_seed(config.get("seed_everything"))
         check_save_dir(config.trainer)
         if config.get("ckpt_path") == "last" and subcommand != "fit":
             # Lightning's "last" means the last checkpoint of this process's own fit: in a new `lsl test` there
@@ -172,12 +178,24 @@ class LSLCLI(LightningCLI):
 
 
 def check_fit_limits(trainer: Any) -> None:
-    """Refuse ``max_epochs`` / ``max_steps`` that would train nothing (0) or that Lightning rejects (below -1)."""
+    """Refuse Trainer counts that would train nothing or that Lightning fails on mid-run with a bare
+    ZeroDivisionError: ``max_epochs`` / ``max_steps`` of 0 or below -1, and a zero or negative
+    ``accumulate_grad_batches``, ``val_check_interval`` or ``check_val_every_n_epoch``."""
     for name in ("max_epochs", "max_steps"):
         value = trainer.get(name)
         if value is not None and (value == 0 or value < -1):
             raise ConfigError(f"trainer.{name}={value} would train nothing: give a positive number "
                               f"(or -1 for no limit)")
+    for name in ("accumulate_grad_batches", "val_check_interval", "check_val_every_n_epoch"):
+        value = trainer.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(f"trainer.{name}={value} must be positive")
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a ``seed_everything`` that numpy cannot take (Lightning raises a bare ValueError)."""
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+        raise ConfigError(f"seed_everything={seed} is outside [0, 2**32 - 1]: give a non-negative seed")
 
 
 def check_save_dir(trainer: Any) -> None:
@@ -238,6 +256,19 @@ def tune_host_allocator() -> bool:
                 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+# How `lsl` builds its LightningCLI; the sweep's config check parses with exactly the same parser.
+CLI_OPTIONS = {
+    "subclass_mode_model": True,
+    "subclass_mode_data": True,
+    "save_config_kwargs": {"overwrite": True},
+    # The model's own optimizer and scheduler arguments are the one way to set them: LightningCLI's top-level
+    # --optimizer / --lr_scheduler would replace them while hparams.yaml names the old ones.
+    "auto_configure_optimizers": False,
+    # Parse errors are raised, not printed with the usage text, so that they become one `lsl: error:` line.
+    "parser_kwargs": {"description": DESCRIPTION, "exit_on_error": False},
+}
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lsl`` console script and ``python -m lsl``; exits 2 on bad input."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -256,24 +287,19 @@ def main(args: list[str] | None = None) -> None:
             report_command(argv[1:])
             return
         check_config_files(argv)
-        LSLCLI(
-            Classifier,
-            NoisyLabelDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            # The model's own optimizer and scheduler arguments are the one way to set them: LightningCLI's
-            # top-level --optimizer / --lr_scheduler would replace them while hparams.yaml names the old ones.
-            auto_configure_optimizers=False,
-            parser_kwargs={"description": DESCRIPTION},
-            args=args,
-        )
+        LSLCLI(Classifier, NoisyLabelDataModule, **CLI_OPTIONS, args=args)
+    except argparse.ArgumentError as error:  # the parser's own message, on one line, without the usage dump
+        print(f"lsl: error: {_parser_error_line(str(error))} (`lsl {' '.join(argv[:1])} --help` lists the options)",
+              file=sys.stderr)
+        sys.exit(2)
     except BrokenPipeError:
         # The reader went away (`lsl sweep --dry-run | head`): no traceback; the shell's status for SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
     except Exception as error:
-        config_error = error_behind(error, lambda cause: isinstance(cause, ConfigError))
+        # Lightning's MisconfigurationException is its word for a bad Trainer argument (an accelerator this
+        # machine lacks, accumulate_grad_batches 0): the user's to fix, like a ConfigError.
+        config_error = error_behind(error, lambda cause: isinstance(cause, (ConfigError, MisconfigurationException)))
         if config_error is None:
             raise
         print(f"lsl: error: {config_error}", file=sys.stderr)
@@ -302,3 +328,67 @@ def check_config_files(argv: list[str]) -> None:
         if not isinstance(content, dict):
             raise ConfigError(f"config file {str(path)!r} holds a {type(content).__name__}, not a mapping of "
                               "sections (trainer:, model:, data:): see configs/quickstart.yaml")
+
+
+# ------------------------------------------------------------------------------- checking configs without running
+
+
+class _Parsed(Exception):
+    """Raised by :class:`_ParseOnlyCLI` once the arguments parsed: nothing is seeded or instantiated."""
+
+    def __init__(self, cli: LSLCLI) -> None:
+        super().__init__("parsed")
+        self.cli = cli
+
+
+class _ParseOnlyCLI(LSLCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(self)
+
+
+def fit_config_checker():
+    """A function ``check(config_files)`` that parses ``lsl fit --config F1 --config F2 ...`` exactly as the
+    ``lsl`` command does, instantiating nothing, and raises ConfigError (one line) for a key or value
+    ``lsl fit`` rejects. The parser is built on the first call and reused (a parse then takes milliseconds)."""
+    import warnings
+
+    cli: LSLCLI | None = None
+
+    def check(config_files: list[str]) -> None:
+        nonlocal cli
+        args = ["fit"] + [part for path in config_files for part in ("--config", str(path))]
+        try:
+            with warnings.catch_warnings():
+                # LightningCLI warns when `args` are given while sys.argv has its own (`lsl sweep ...`): as meant here.
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                if cli is None:
+                    _ParseOnlyCLI(Classifier, NoisyLabelDataModule, **CLI_OPTIONS, args=args)
+                else:
+                    cli.parse_arguments(cli.parser, args)
+        except _Parsed as parsed:
+            cli = parsed.cli
+        except (argparse.ArgumentError, SystemExit) as error:
+            raise ConfigError(_parser_error_line(str(error))) from None
+
+    return check
+
+
+def check_fit_config(config_files: list[str]) -> None:
+    """Parses ``lsl fit --config F1 --config F2 ...`` without running or instantiating anything; a key or value
+    that ``lsl fit`` rejects is a ConfigError naming it."""
+    fit_config_checker()(config_files)
+
+
+_PARSER_NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value",
+                 "Problem with given class_path", "Expected a <class 'NoneType'>")
+
+
+def _parser_error_line(message: str) -> str:
+    """jsonargparse's nested, multi-line error as one line: the innermost reasons (``Option 'los' is not
+    accepted``), each prefixed with the path of parser keys that leads to it (``model: ``)."""
+    lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(_PARSER_NOISE)]
+    keys = [line.split('"')[1] for line in lines if line.startswith('Parser key "') and line.count('"') >= 2]
+    text = "; ".join(dict.fromkeys(reasons)) or " ".join(line for line in lines if line)
+    return (".".join(keys) + ": " if keys else "") + text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, Iterable, Literal
 
@@ -211,10 +212,16 @@ class Classifier(pl.LightningModule):
         try:
             optimizer = self.optimizer_factory(self.parameters())
             if self.scheduler_factory is not None:
-                self.scheduler_factory(optimizer)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"the optimizer or scheduler cannot be built: {error}: fix its init_args under "
-                              "model.init_args.optimizer / model.init_args.scheduler") from error
+                scheduler = self.scheduler_factory(optimizer)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no step is taken
+                    scheduler.step()  # a cosine schedule with T_max 0 divides by zero here, not before
+                rates = [group["lr"] for group in optimizer.param_groups]
+                if not all(math.isfinite(rate) and rate >= 0 for rate in rates):
+                    raise ValueError(f"the schedule's first step gives learning rates {rates}")
+        except (ValueError, TypeError, ArithmeticError) as error:
+            raise ConfigError(f"the optimizer or scheduler cannot be built: {type(error).__name__}: {error}: fix "
+                              "its init_args under model.init_args.optimizer / model.init_args.scheduler") from error
 
     def _build_metrics(self, num_classes: int, ece_bins: int) -> None:
         # No argument validation and no NaN scans: each would cost a host sync on every update.

@@ -11,7 +11,11 @@ the mean and sample standard deviation over its seeds of
 
 Written to ``<sweep>/report/`` (or ``--out``): ``results.md``, ``results.csv``, and the plots
 ``acc_vs_alpha.png``, ``ece_vs_alpha.png`` and ``memorisation.png``, which also go to TensorBoard there.
-Failed runs (a diverged loss, say) are counted and listed with their error, never silently dropped.
+Failed runs (a diverged loss, say) are counted and listed with their error, never silently dropped. So are
+runs that cannot be read (a finished run whose event files are missing, truncated, or have no ``test/acc``)
+and **stale** runs (made with another config than the sweep file and its base configs now give: their
+recorded fingerprint differs), which stay out of the means. Runs that **collapsed** (their last
+``test/top_class_share`` at or above :data:`lsl.diagnostics.COLLAPSE_SHARE`) stay in the table, marked.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import csv
 import json
 import math
 import statistics
+import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +33,9 @@ from typing import Any
 
 import yaml
 
+from lsl.diagnostics import COLLAPSE_SHARE, TOP_CLASS_SHARE, collapsed
 from lsl.errors import ConfigError
-from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE
+from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, recorded_fingerprint
 
 METHOD_NAMES = {"CrossEntropy": "CE", "LabelSmoothing": "LS", "ForwardCorrection": "FC",
                 "BackwardCorrection": "BC", "TeacherStudentModule": "KD"}
@@ -54,7 +60,17 @@ class RunResult:
     group: tuple
     metrics: dict[str, float] = field(default_factory=dict)
     memorisation: list[float] = field(default_factory=list)  # train/memorised per epoch
-    error: str | None = None
+    error: str | None = None  # why the run failed
+    unreadable: str | None = None  # why a finished run's numbers cannot be read
+    stale: str | None = None  # why the run is not of the sweep as it is now
+
+    @property
+    def top_class_share(self) -> float | None:
+        return self.metrics.get("top_class_share")
+
+    @property
+    def collapsed(self) -> bool:
+        return collapsed(self.top_class_share)
 
 
 @dataclass
@@ -71,6 +87,10 @@ class GroupSummary:
     @property
     def failed(self) -> list[RunResult]:
         return [run for run in self.runs if run.error is not None]
+
+    @property
+    def collapsed(self) -> list[RunResult]:
+        return [run for run in self.finished if run.collapsed]
 
     def values(self, metric: str) -> list[float]:
         return [run.metrics[metric] for run in self.finished
@@ -106,12 +126,50 @@ def read_scalars(directory: Path) -> Scalars:
     return scalars
 
 
+def truncated_events(directory: Path) -> str | None:
+    """Whether the run's newest event file ends inside a record (TensorBoard's reader stops there silently,
+    dropping what follows), as a reason; None when it ends on a record boundary. Older files are those of
+    attempts that were killed and resumed: the resumed run logs again what a killed attempt lost."""
+    files = sorted(directory.glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime)
+    for events in files[-1:]:
+        data = events.read_bytes()
+        offset = 0
+        while offset < len(data):
+            # A TFRecord: uint64 length, uint32 CRC of it, the data, uint32 CRC of the data.
+            if len(data) - offset < 12:
+                return f"{events.name} is truncated (it ends inside a record header at byte {offset})"
+            (length,) = struct.unpack_from("<Q", data, offset)
+            if len(data) - offset < 16 + length:
+                return f"{events.name} is truncated (its last record needs {16 + length} bytes, {len(data) - offset} are left)"
+            offset += 16 + length
+    return None
+
+
+def _unreadable(directory: Path) -> tuple[str | None, Scalars]:
+    """Why a finished run's numbers cannot be read (None when they can), and its scalars."""
+    if not any(directory.glob("events.out.tfevents.*")):
+        return "no TensorBoard event files (deleted?)", {}
+    truncated = truncated_events(directory)
+    if truncated is not None:
+        return truncated, {}
+    try:
+        scalars = read_scalars(directory)
+    except Exception as error:  # tensorboard's reader raises its own error types
+        return f"its event files cannot be read: {type(error).__name__}: {error}", {}
+    if not scalars.get("test/acc"):
+        return "its event files have no test/acc (the run was cut short, or its test after fit was off)", scalars
+    return None, scalars
+
+
 def run_metrics(scalars: Scalars) -> tuple[dict[str, float], list[float]]:
-    """The last-epoch and best-validation-epoch metrics of one run, and its memorisation curve."""
+    """The last-epoch and best-validation-epoch metrics of one run, its ``top_class_share`` (the collapse
+    check), and its memorisation curve."""
     metrics = {}
     for column, tag, _, _ in LAST_METRICS:
         if scalars.get(tag):
             metrics[column] = _last(scalars[tag])
+    if scalars.get(TOP_CLASS_SHARE):
+        metrics["top_class_share"] = _last(scalars[TOP_CLASS_SHARE])
     selection = scalars.get(SELECTION_METRIC, {})
     if selection:
         steps = sorted(selection)
@@ -186,8 +244,10 @@ def _short(class_path: str) -> str:
 
 
 def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
-    """The finished and failed runs under a sweep directory, and the directories of unfinished ones."""
+    """The finished and failed runs under a sweep directory (with their ``stale`` and ``unreadable`` reasons, if
+    any), and the directories of unfinished ones."""
     results, unfinished = [], []
+    fingerprints = _CurrentFingerprints()
     for run_file in sorted(sweep_dir.rglob(RUN_FILE)):
         directory = run_file.parent
         done, failed = (directory / DONE_FILE).is_file(), (directory / FAILED_FILE).is_file()
@@ -200,12 +260,43 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
         group = (info.get("stage", ""),) + tuple(
             (key, label) for key, label in info.get("labels", {}).items() if "seed" not in key.rsplit(".", 1)[-1])
         result = RunResult(directory, description, group)
+        result.stale = fingerprints.stale(directory, info)
         if done:
-            result.metrics, result.memorisation = run_metrics(read_scalars(directory))
+            result.unreadable, scalars = _unreadable(directory)
+            result.metrics, result.memorisation = run_metrics(scalars)
         else:
             result.error = json.loads((directory / FAILED_FILE).read_text()).get("error") or "failed"
         results.append(result)
     return results, unfinished
+
+
+class _CurrentFingerprints:
+    """What each run of a sweep file would run now, to tell which recorded runs are stale."""
+
+    def __init__(self) -> None:
+        self.by_file: dict[Path, dict[tuple[str, str], str]] = {}
+
+    def stale(self, directory: Path, info: dict[str, Any]) -> str | None:
+        """Why the run is stale, or None (also when its sweep file is unknown or gone: nothing to compare with)."""
+        sweep_file = Path(info["sweep_file"]) if info.get("sweep_file") else None
+        if sweep_file is None or not sweep_file.is_file():
+            return None
+        if sweep_file not in self.by_file:
+            try:
+                sweep = load_sweep(sweep_file)
+            except ConfigError as error:
+                raise ConfigError(f"run {str(directory)!r} was made by sweep file {str(sweep_file)!r}, which cannot be "
+                                  f"read now to check that its runs are current: {error}") from None
+            self.by_file[sweep_file] = {(run.point, run.stage.name): run.fingerprint for run in sweep.runs(Path("logs"))}
+        current = self.by_file[sweep_file].get((info.get("point"), info.get("stage", "")))
+        recorded = recorded_fingerprint(directory)
+        if current is None:
+            return f"no longer in {sweep_file.name}"
+        if recorded is None:
+            return "made before lsl recorded what a run runs (no fingerprint)"
+        if recorded != current:
+            return f"made with a different config ({sweep_file.name} or a base config changed since)"
+        return None
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -227,6 +318,8 @@ def summarise(results: list[RunResult]) -> list[GroupSummary]:
     """Runs grouped over seeds, ordered as a paper's table: stage, dataset, noise rate, CE, LS by alpha, FC, BC."""
     groups: dict[tuple, GroupSummary] = {}
     for result in results:
+        if result.stale is not None or result.unreadable is not None:  # listed apart, never averaged in
+            continue
         groups.setdefault(result.group, GroupSummary(result.description, [])).runs.append(result)
     return sorted(groups.values(), key=_table_order)
 
@@ -246,8 +339,9 @@ def _method_rank(method: str) -> int:
 # ------------------------------------------------------------------------------------------------ tables
 
 
-def markdown_tables(summaries: list[GroupSummary], title: str) -> str:
-    """The last-epoch and best-validation-epoch tables, mean +- std over seeds (accuracies and shares in %)."""
+def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[RunResult] = ()) -> str:
+    """The last-epoch and best-validation-epoch tables, mean +- std over seeds (accuracies and shares in %), and
+    the lists of failed, collapsed, and ``left_out`` (stale or unreadable) runs."""
     columns = [column for column in DESCRIPTION_COLUMNS if any(_shown(s.description.get(column)) for s in summaries)]
     lines = [f"# {title}", ""]
     for heading, metrics in (("Last epoch", LAST_METRICS), ("Best noisy-validation epoch", BEST_METRICS)):
@@ -256,14 +350,30 @@ def markdown_tables(summaries: list[GroupSummary], title: str) -> str:
                   "|" + "---|" * (len(columns) + 1 + len(names))]
         for summary in summaries:
             cells = [_cell(summary.description.get(column)) for column in columns]
-            runs = f"{len(summary.finished)}" + (f" ({len(summary.failed)} failed)" if summary.failed else "")
-            cells.append(runs)
+            notes = ([f"{len(summary.collapsed)} collapsed"] if summary.collapsed else []) + (
+                [f"{len(summary.failed)} failed"] if summary.failed else [])
+            cells.append(f"{len(summary.finished)}" + (f" ({', '.join(notes)})" if notes else ""))
             cells += [_mean_std(summary, column, scale, decimals) for column, _, scale, decimals in metrics]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     failures = [run for summary in summaries for run in summary.failed]
     if failures:
         lines += ["## Failed runs", ""] + [f"- `{run.directory}`: {run.error}" for run in failures] + [""]
+    collapses = [run for summary in summaries for run in summary.collapsed]
+    if collapses:
+        lines += ["## Collapsed runs", "",
+                  f"In the means above, but most of their test predictions went to one class (at least "
+                  f"{COLLAPSE_SHARE:.0%}): their accuracy is about chance, not a property of the method.", ""]
+        lines += [f"- `{run.directory}`: top class share {run.top_class_share:.1%}" for run in collapses] + [""]
+    stale = [run for run in left_out if run.stale is not None]
+    if stale:
+        lines += ["## Stale runs", "", "Left out of the tables: run them again with `lsl sweep --config SWEEP.yaml "
+                  "--rerun-stale`, or keep them with `--accept-stale`.", ""]
+        lines += [f"- `{run.directory}`: {run.stale}" for run in stale] + [""]
+    unreadable = [run for run in left_out if run.stale is None and run.unreadable is not None]
+    if unreadable:
+        lines += ["## Unreadable runs", "", "Finished, but left out of the tables: their numbers cannot be read.", ""]
+        lines += [f"- `{run.directory}`: {run.unreadable}" for run in unreadable] + [""]
     lines += ["acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
               "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
               "label, over the epoch's augmented batches. Mean +- sample std over seeds.", ""]
@@ -298,13 +408,13 @@ def write_csv(summaries: list[GroupSummary], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(DESCRIPTION_COLUMNS + ["runs", "failed"]
-                        + [f"{metric}_{stat}" for metric in metrics for stat in ("mean", "std")])
+                        + [f"{metric}_{stat}" for metric in metrics for stat in ("mean", "std")] + ["collapsed"])
         for summary in summaries:
             row = [_cell(summary.description.get(column)) for column in DESCRIPTION_COLUMNS]
             row += [len(summary.finished), len(summary.failed)]
             for metric in metrics:
                 row += [_csv_number(summary.mean(metric)), _csv_number(summary.std(metric))]
-            writer.writerow(row)
+            writer.writerow(row + [len(summary.collapsed)])
 
 
 def _csv_number(value: float | None) -> str:
@@ -424,7 +534,8 @@ def write_report(sweep_dir: Path, out: Path | None = None, stream=None) -> Path:
     out = out or sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     summaries = summarise(results)
-    (out / "results.md").write_text(markdown_tables(summaries, f"Sweep {sweep_dir.name}"))
+    left_out = [result for result in results if result.stale is not None or result.unreadable is not None]
+    (out / "results.md").write_text(markdown_tables(summaries, f"Sweep {sweep_dir.name}", left_out))
     write_csv(summaries, out / "results.csv")
     figures = {"acc_vs_alpha": plot_against_alpha(summaries, "acc", "best_acc", "test accuracy (%)", scale=100),
                "ece_vs_alpha": plot_against_alpha(summaries, "ece", "best_ece", "test ECE"),
@@ -439,7 +550,14 @@ def write_report(sweep_dir: Path, out: Path | None = None, stream=None) -> Path:
             plt.close(figure)
     writer.close()
     failed = sum(len(summary.failed) for summary in summaries)
-    print(f"{len(results) - failed} runs in {len(summaries)} groups ({failed} failed, {len(unfinished)} unfinished "
+    finished = sum(len(summary.finished) for summary in summaries)
+    collapses = sum(len(summary.collapsed) for summary in summaries)
+    stale = sum(result.stale is not None for result in left_out)
+    unreadable = len(left_out) - stale
+    extra = "".join(f", {count} {what}" for count, what in ((collapses, "collapsed (marked)"),
+                                                            (stale, "stale and left out"),
+                                                            (unreadable, "unreadable and left out")) if count)
+    print(f"{finished} runs in {len(summaries)} groups ({failed} failed{extra}, {len(unfinished)} unfinished "
           f"and left out) -> {out}/results.md, results.csv, "
           + ", ".join(f"{name}.png" for name, figure in figures.items() if figure is not None), file=stream or sys.stdout)
     return out

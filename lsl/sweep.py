@@ -28,9 +28,15 @@ that stage only, and ``teacher: <stage>`` fills ``model.init_args.teacher_checkp
       seed_everything: [0, 1, 2]
 
 Each run is ``lsl fit --config BASE --config <run>/overrides.yaml`` in its own directory
-``logs/<name>/<point>/`` (``logs/<name>/<point>/<stage>/`` with stages). ``sweep_run.json`` there says what the
-run is; ``sweep_done.json`` marks it finished, so a sweep started again skips it, and a run that was
-interrupted resumes from its ``checkpoints/last.ckpt``.
+``logs/<name>/<point>/`` (``logs/<name>/<point>/<stage>/`` with stages), which is also its Trainer's
+``default_root_dir``. ``sweep_run.json`` there says what the run is; ``sweep_done.json`` marks it finished, so a
+sweep started again skips it, and a run that was interrupted resumes from its ``checkpoints/last.ckpt``.
+
+Both record the run's **fingerprint**: a hash of its base config's content, its overrides and its teacher's
+fingerprint. A run with results (done, failed, or a checkpoint to resume from) whose recorded fingerprint is
+not the current one was made with another config: it is **stale**, and ``lsl sweep`` refuses to start until
+``--rerun-stale`` (run it again from scratch) or ``--accept-stale`` (keep its results). Every run's config is
+parsed by ``lsl fit``'s own parser before anything starts, so a misspelt key stops the sweep at once.
 """
 
 from __future__ import annotations
@@ -38,12 +44,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import hashlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +96,8 @@ class Run:
     directory: Path
     overrides: dict[str, Any]
     teacher: Run | None = None
+    fingerprint: str = ""  # of what the run runs: see run_fingerprint
+    sources: dict[str, str] = field(default_factory=dict)  # override key -> where the sweep file sets it
 
     @property
     def name(self) -> str:
@@ -103,6 +114,17 @@ class Run:
     @property
     def failed(self) -> bool:
         return (self.directory / FAILED_FILE).is_file()
+
+    @property
+    def has_results(self) -> bool:
+        """Done, failed, or with a checkpoint a restart would continue from (``last.ckpt``, SLURM's ``hpc_ckpt``)."""
+        return (self.done or self.failed or self.last_checkpoint.is_file()
+                or any(self.directory.glob("hpc_ckpt_*.ckpt")))
+
+    @property
+    def stale(self) -> bool:
+        """Made with another config: its results do not belong to the sweep as it is now."""
+        return self.has_results and recorded_fingerprint(self.directory) != self.fingerprint
 
     def fit_arguments(self) -> list[str]:
         """``lsl fit`` arguments, resuming from the run's own last.ckpt when an earlier attempt left one."""
@@ -125,6 +147,7 @@ class Sweep:
         """Every run of the sweep, stage by stage within each grid point (a teacher before its student)."""
         runs = []
         short_names = _short_axis_names(list(self.axes))
+        bases = {stage.name: _read_base_config(stage.config) for stage in self.stages}
         for values in itertools.product(*self.axes.values()):
             labels = {key: label for key, (label, _) in zip(self.axes, values)}
             point = "__".join(f"{short_names[key]}={label}" for key, label in labels.items()) or "default"
@@ -132,12 +155,21 @@ class Sweep:
             for stage in self.stages:
                 directory = logs / self.name / point / stage.name if stage.name else logs / self.name / point
                 overrides = dict(stage.overrides)
+                sources = {key: f"override {key!r}" for key in stage.overrides}
                 overrides.update(self._grid_overrides(stage, zip(self.axes, values)))
+                sources.update(self._grid_sources(stage))
                 teacher = by_stage.get(stage.teacher) if stage.teacher else None
+                # Before the keys the sweep adds, which say only where the run lives (a moved logs folder
+                # keeps its fingerprints).
+                fingerprint = run_fingerprint(bases[stage.name], overrides, teacher.fingerprint if teacher else None)
                 if teacher is not None:
                     overrides[TEACHER_KEY] = str(teacher.last_checkpoint.absolute())
                 overrides["trainer.logger"] = _logger(directory)
-                run = Run(point, labels, stage, directory, overrides, teacher)
+                # Everything else the Trainer writes goes here too: on SLURM, Lightning saves hpc_ckpt_*.ckpt into
+                # default_root_dir at a requeue and restores whatever it finds there, so runs that shared the
+                # working directory restored each other's weights.
+                overrides["trainer.default_root_dir"] = str(directory)
+                run = Run(point, labels, stage, directory, overrides, teacher, fingerprint, sources)
                 by_stage[stage.name] = run
                 runs.append(run)
         return runs
@@ -153,6 +185,16 @@ class Sweep:
                 overrides[key] = value
         return overrides
 
+    def _grid_sources(self, stage: Stage) -> dict[str, str]:
+        sources = {}
+        for key in self.axes:
+            head, _, rest = key.partition(".")
+            if head not in self.stage_names:
+                sources[key] = f"grid key {key!r}"
+            elif head == stage.name:
+                sources[rest] = f"grid key {key!r}"
+        return sources
+
     @property
     def stage_names(self) -> set[str]:
         return {stage.name for stage in self.stages if stage.name}
@@ -163,6 +205,36 @@ def _logger(directory: Path) -> dict[str, Any]:
     return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(directory.parent), "name": directory.name, "version": "",
                           "default_hp_metric": False}}
+
+
+def _read_base_config(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"base config {str(path)!r} is not valid YAML: {error}") from error
+
+
+def run_fingerprint(base_config: Any, overrides: dict[str, Any], teacher: str | None = None) -> str:
+    """sha256 of a canonical JSON of what a run runs: its base config's parsed content (a file the config names
+    by path is not followed), its overrides, and its teacher's fingerprint (a student of a changed teacher
+    changed too)."""
+    content = {"config": base_config, "overrides": overrides, "teacher": teacher}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recorded_fingerprint(directory: Path) -> str | None:
+    """The fingerprint a run's results were made with: from ``sweep_done.json``, else ``sweep_failed.json``, else
+    ``sweep_run.json`` (written when it started); None when none records one (a run made before lsl did)."""
+    for name in (DONE_FILE, FAILED_FILE, RUN_FILE):
+        path = directory / name
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            return record.get("fingerprint") if isinstance(record, dict) else None
+    return None
 
 
 def _short_axis_names(keys: list[str]) -> dict[str, str]:
@@ -317,15 +389,17 @@ def write_run_files(sweep: Sweep, run: Run) -> None:
         f"# Written by `lsl sweep --config {sweep.path}`: grid point {run.point}"
         f"{', stage ' + run.stage.name if run.stage.name else ''}.\n"
         + yaml.safe_dump(nested(run.overrides), sort_keys=False))
-    description = {"sweep": sweep.name, "sweep_file": str(sweep.path), "point": run.point, "stage": run.stage.name,
-                   "labels": run.labels, "config": str(run.stage.config),
-                   "teacher_run": str(run.teacher.directory) if run.teacher else None}
+    description = {"sweep": sweep.name, "sweep_file": str(sweep.path.absolute()), "point": run.point,
+                   "stage": run.stage.name, "labels": run.labels, "config": str(run.stage.config),
+                   "teacher_run": str(run.teacher.directory) if run.teacher else None,
+                   "fingerprint": run.fingerprint}
     (run.directory / RUN_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
 
 def mark_done(run: Run, seconds: float) -> None:
     (run.directory / FAILED_FILE).unlink(missing_ok=True)
-    (run.directory / DONE_FILE).write_text(json.dumps({"wall_s": round(seconds, 1)}) + "\n")
+    (run.directory / DONE_FILE).write_text(json.dumps({"wall_s": round(seconds, 1), "fingerprint": run.fingerprint})
+                                           + "\n")
 
 
 def mark_failed(run: Run, exit_code: int, seconds: float) -> None:
@@ -333,8 +407,96 @@ def mark_failed(run: Run, exit_code: int, seconds: float) -> None:
     lines = (run.directory / LOG_FILE).read_text(errors="replace").splitlines()
     errors = [line for line in lines if line.startswith("lsl: error:")]
     reason = errors[-1].removeprefix("lsl: error:").strip() if errors else (lines[-1] if lines else "")
-    record = {"exit_code": exit_code, "wall_s": round(seconds, 1), "error": reason}
+    record = {"exit_code": exit_code, "wall_s": round(seconds, 1), "error": reason, "fingerprint": run.fingerprint}
     (run.directory / FAILED_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def accept_stale(run: Run) -> None:
+    """Keep a stale run's results: its records take the current fingerprint."""
+    for name in (DONE_FILE, FAILED_FILE, RUN_FILE):
+        path = run.directory / name
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except ValueError:
+                record = None
+            record = record if isinstance(record, dict) else {}
+            record["fingerprint"] = run.fingerprint
+            path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def clear_results(run: Run) -> None:
+    """Remove everything a stale run wrote (checkpoints, event files, markers, log), so it runs from scratch.
+    The folder is the run's own: the sweep made it for this run alone."""
+    shutil.rmtree(run.directory, ignore_errors=False)
+
+
+def check_configs(sweep: Sweep, runs: list[Run]) -> None:
+    """Parse the runs' ``lsl fit --config BASE --config overrides.yaml`` with ``lsl fit``'s own parser (nothing is
+    instantiated, nothing written beside a temporary folder): a misspelt key or a bad value is a ConfigError
+    naming the key in the sweep file, before any run starts. Every combination of the non-seed grid values is
+    parsed, and every seed value at least once (a parse takes up to half a second; runs that differ only in
+    their seeds differ only in an integer)."""
+    from lsl.cli import fit_config_checker  # imports Lightning: a few seconds, once per sweep
+
+    check = fit_config_checker()
+    with tempfile.TemporaryDirectory(prefix="lsl-sweep-check-") as folder:
+        def parse(run: Run, overrides: dict[str, Any], name: str) -> None:
+            path = Path(folder) / name
+            path.write_text(yaml.safe_dump(nested(overrides), sort_keys=False))
+            check([str(run.stage.config), str(path)])
+
+        for index, run in enumerate(_covering_runs(runs)):
+            try:
+                parse(run, run.overrides, f"{index}.yaml")
+            except ConfigError as error:
+                raise ConfigError(_blame(sweep, run, error, parse)) from None
+
+
+def _covering_runs(runs: list[Run]) -> list[Run]:
+    """One run per stage and combination of non-seed grid values, plus runs until each seed value is in one."""
+    def seed(key: str) -> bool:
+        return "seed" in key.rsplit(".", 1)[-1]
+
+    chosen: dict[tuple, Run] = {}
+    for run in runs:
+        combination = (run.stage.name,) + tuple((key, label) for key, label in run.labels.items() if not seed(key))
+        chosen.setdefault(combination, run)
+    covered = {(run.stage.name, key, label) for run in chosen.values() for key, label in run.labels.items()}
+    for run in runs:
+        values = {(run.stage.name, key, label) for key, label in run.labels.items()}
+        if not values <= covered:
+            chosen[(id(run),)] = run
+            covered |= values
+    picked = {id(run) for run in chosen.values()}
+    return [run for run in runs if id(run) in picked]
+
+
+def _blame(sweep: Sweep, run: Run, error: ConfigError, parse) -> str:
+    """Which key of the sweep file makes ``lsl fit`` reject the run: the one whose removal makes the config parse
+    (a value valid only beside another key, an alpha beside the loss that takes it, is not blamed), else the
+    first that fails alone on the base config."""
+    try:
+        parse(run, {}, "base.yaml")
+    except ConfigError as base_error:
+        return f"sweep {sweep.name}: `lsl fit` rejects the base config {str(run.stage.config)!r}: {base_error}"
+
+    def blamed(source: str, reason: ConfigError) -> str:
+        return (f"sweep {sweep.name}: {source} is not accepted by `lsl fit` (run {run.name}): {reason}; "
+                "fix the key or its value in the sweep file")
+
+    for key, source in run.sources.items():
+        try:
+            parse(run, {other: value for other, value in run.overrides.items() if other != key}, "without.yaml")
+        except ConfigError:
+            continue
+        return blamed(source, error)
+    for key, source in run.sources.items():
+        try:
+            parse(run, {key: run.overrides[key]}, "alone.yaml")
+        except ConfigError as key_error:
+            return blamed(source, key_error)
+    return f"sweep {sweep.name}: `lsl fit` rejects the config of run {run.name}: {error}"
 
 
 # ------------------------------------------------------------------------------------------- running here
@@ -533,11 +695,15 @@ def _sbatch(sweep: Sweep, stage: Stage, runs: list[Run], options: SlurmOptions, 
     if options.gpus > 1:
         trainer.append("--trainer.strategy=ddp")
     directories = "\n".join(f"  {shlex.quote(str(run.directory))}" for run in runs)
+    fingerprints = "\n".join(f"  {run.fingerprint}" for run in runs)
     return "\n".join(header) + f"""
 set -euo pipefail
 cd {shlex.quote(str(Path.cwd()))}
 runs=(
 {directories}
+)
+fingerprints=(
+{fingerprints}
 )
 run="${{runs[$SLURM_ARRAY_TASK_ID]}}"
 if [ -f "$run/{DONE_FILE}" ]; then
@@ -550,7 +716,7 @@ if [ -f "$run/checkpoints/last.ckpt" ]; then
 fi
 SECONDS=0
 srun lsl fit --config {shlex.quote(str(stage.config))} --config "$run/{OVERRIDES_FILE}" {' '.join(trainer)} "${{resume[@]}}"
-echo "{{\\"wall_s\\": $SECONDS, \\"slurm_job\\": \\"$SLURM_ARRAY_JOB_ID\\"}}" > "$run/{DONE_FILE}"
+echo "{{\\"wall_s\\": $SECONDS, \\"slurm_job\\": \\"$SLURM_ARRAY_JOB_ID\\", \\"fingerprint\\": \\"${{fingerprints[$SLURM_ARRAY_TASK_ID]}}\\"}}" > "$run/{DONE_FILE}"
 """
 
 
@@ -565,6 +731,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--logs", type=Path, default=Path("logs"), help="where runs go: <logs>/<sweep>/<point>/")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="runs made with a different config (the sweep file or a base config changed since): "
+                             "delete their results and run them again from scratch")
+    parser.add_argument("--accept-stale", action="store_true",
+                        help="runs made with a different config: keep their results as this sweep's")
     parser.add_argument("--slurm", action="store_true", help="write SLURM array job scripts instead of running")
     parser.add_argument("--gpus", type=int, default=1, help="--slurm: GPUs per run (DDP when more than 1)")
     parser.add_argument("--cpus-per-gpu", type=int, default=4, help="--slurm: CPU cores per GPU")
@@ -575,18 +746,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def sweep_command(argv: list[str], out=None) -> int:
-    """``lsl sweep``: returns the exit status: 0, 1 when a run failed, 130 when interrupted."""
+    """``lsl sweep``: returns the exit status: 0, 1 when a run failed, 130 when interrupted. Every mistake (a bad
+    sweep file, a key ``lsl fit`` rejects, stale runs) is a ConfigError before anything starts or is written."""
     out = out or sys.stdout
     options = _parser().parse_args(argv)
     if options.parallel < 1:
         raise ConfigError(f"--parallel {options.parallel}: give 1 or more runs at a time")
     if options.gpus < 1:
         raise ConfigError(f"--gpus {options.gpus}: each SLURM run needs at least 1 GPU")
+    if options.rerun_stale and options.accept_stale:
+        raise ConfigError("--rerun-stale and --accept-stale: pass one (run stale runs again, or keep their results)")
     sweep = load_sweep(options.config)
     runs = sweep.runs(options.logs)
+    check_configs(sweep, runs)
     if options.dry_run:
         _list_runs(sweep, runs, out)
         return 0
+    stale = [run for run in runs if run.stale]
+    if stale and not (options.rerun_stale or options.accept_stale):
+        raise ConfigError(f"sweep {sweep.name}: {len(stale)} run(s) were made with a different config (the sweep file "
+                          f"or a base config changed): e.g. {stale[0].name}; pass --rerun-stale to run them again "
+                          "from scratch, or --accept-stale to keep their results")
+    for run in stale:
+        if options.rerun_stale:
+            clear_results(run)
+        else:
+            accept_stale(run)
+    if stale:
+        print(f"sweep {sweep.name}: {len(stale)} stale run(s) "
+              + ("deleted, to run again" if options.rerun_stale else "kept as they are (--accept-stale)"),
+              file=out, flush=True)
     if options.slurm:
         slurm = SlurmOptions(options.gpus, options.cpus_per_gpu, options.time, options.partition, options.max_concurrent)
         submit = write_slurm(sweep, runs, slurm, options.logs / sweep.name / "slurm")
@@ -600,12 +789,15 @@ def sweep_command(argv: list[str], out=None) -> int:
 
 
 def _list_runs(sweep: Sweep, runs: list[Run], out) -> None:
-    done = sum(run.done for run in runs)
-    print(f"sweep {sweep.name}: {len(runs)} runs ({done} done), "
-          f"{len(runs) // max(len(sweep.stages), 1)} grid points x {len(sweep.stages)} stage(s)", file=out)
+    """One line per run, each flushed: ``lsl sweep --dry-run | head`` stops the listing at the first line."""
+    stale = [run for run in runs if run.stale]
+    done = sum(run.done for run in runs if run not in stale)
+    print(f"sweep {sweep.name}: {len(runs)} runs ({done} done"
+          + (f", {len(stale)} stale: --rerun-stale or --accept-stale" if stale else "") + "), "
+          f"{len(runs) // max(len(sweep.stages), 1)} grid points x {len(sweep.stages)} stage(s)", file=out, flush=True)
     for run in runs:
-        state = ("done" if run.done else "failed" if run.failed
+        state = ("stale" if run in stale else "done" if run.done else "failed" if run.failed
                  else "resume" if run.last_checkpoint.is_file() else "todo")
         after = f"  (after {run.teacher.name})" if run.teacher else ""
-        print(f"  {state:6s} {run.name}{after}", file=out)
-        print(f"         lsl {shlex.join(run.fit_arguments())}", file=out)
+        print(f"  {state:6s} {run.name}{after}", file=out, flush=True)
+        print(f"         lsl {shlex.join(run.fit_arguments())}", file=out, flush=True)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_cli import run_main
+from test_cli import QUICKSTART, run_main
 from torch.utils.tensorboard import SummaryWriter
 
+from lsl.diagnostics import TOP_CLASS_SHARE
 from lsl.report import load_runs, plot_against_alpha, read_scalars, run_metrics, summarise, write_report
-from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE
+from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, mark_done, write_run_files
 
 LS = {"class_path": "lsl.losses.LabelSmoothing", "init_args": {"alpha": 0.4}}
 CE = {"class_path": "lsl.losses.CrossEntropy"}
@@ -183,3 +184,100 @@ def test_the_alpha_plot_joins_cross_entropy_to_the_ls_line_at_alpha_0(sweep_dir:
     last = containers["LS (alpha 0: CE) (last epoch)"].lines[0].get_xydata()
     assert last.ravel().tolist() == pytest.approx([0.0, 72.0, 0.4, 82.0])
     assert figure.axes[0].get_title() == "SymmetricNoise 0.4"
+
+
+# ------------------------------------------------------------------------- runs whose numbers are not results
+
+
+def test_finished_runs_whose_events_are_deleted_truncated_or_lack_test_acc_are_listed_not_averaged(
+        sweep_dir: Path, capsys) -> None:
+    deleted = sweep_dir / "loss=ce__seed_everything=1"
+    next(deleted.glob("events.out.tfevents.*")).unlink()
+    truncated = next((sweep_dir / "loss=ls0.4__seed_everything=1").glob("events.out.tfevents.*"))
+    truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
+    # A group whose only run logged no test/acc (cut short): no "n/a" row for it.
+    no_test = fake_run(sweep_dir, "loss=ls0.8__seed_everything=0", {"model.init_args.loss": "ls0.8", "seed_everything": "0"},
+                       config({**LS, "init_args": {"alpha": 0.8}}), {"train/memorised": [(10, 0.5)]})
+    assert run_main(["report", str(sweep_dir)]) == 0
+    assert "2 runs in 3 groups (1 failed, 3 unreadable and left out, 1 unfinished and left out)" in capsys.readouterr().out
+    table = (sweep_dir / "report" / "results.md").read_text()
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 1 | 70.00 |" in table  # seed 0 alone
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | LS | 0.4 | 1 | 80.00 |" in table
+    assert "| LS | 0.8 |" not in table
+    assert table.count("n/a") == 5 + 6  # only the failed FC's row, in each table: no numbers, and it says why
+    unreadable = table.split("## Unreadable runs")[1]
+    assert f"- `{deleted}`: no TensorBoard event files" in unreadable
+    assert f"- `{truncated.parent}`: {truncated.name} is truncated" in unreadable
+    assert f"- `{no_test}`: its event files have no test/acc" in unreadable
+    with open(sweep_dir / "report" / "results.csv") as handle:
+        assert {row["alpha"]: row["runs"] for row in csv.DictReader(handle)} == {"0": "1", "0.4": "1", "": "0"}
+
+
+def test_a_truncated_events_file_of_a_killed_and_resumed_attempt_does_not_make_the_run_unreadable(
+        sweep_dir: Path) -> None:
+    run = sweep_dir / "loss=ce__seed_everything=0"
+    first = next(run.glob("events.out.tfevents.*"))
+    first.write_bytes(first.read_bytes()[:-5])  # killed while writing; the resumed attempt wrote the rest again
+    os.utime(first, (1, 1))
+    write_events(run, {"test/acc": [(30, 0.75)]})
+    [result] = [result for result in load_runs(sweep_dir)[0] if result.directory == run]
+    assert result.unreadable is None and result.metrics["acc"] == pytest.approx(0.75)
+    os.utime(first)  # the newest file is the truncated one: what the run logged last is lost
+    [result] = [result for result in load_runs(sweep_dir)[0] if result.directory == run]
+    assert result.unreadable is not None and "is truncated" in result.unreadable
+
+
+def test_collapsed_runs_stay_in_the_table_marked_and_listed_with_their_share(sweep_dir: Path, capsys) -> None:
+    for seed, share in enumerate([0.97, 0.89]):
+        scalars = classifier_scalars(0.1 if share > 0.9 else 0.5, 0.5, 0.1, [0.9], [0.1])
+        fake_run(sweep_dir, f"loss=bc__seed_everything={seed}", {"model.init_args.loss": "bc", "seed_everything": str(seed)},
+                 config({"class_path": "lsl.losses.BackwardCorrection", "init_args": {"alpha": None}}),
+                 {**scalars, TOP_CLASS_SHARE: [(10, share)]})
+    assert run_main(["report", str(sweep_dir)]) == 0
+    assert "6 runs in 4 groups (1 failed, 1 collapsed (marked), 1 unfinished and left out)" in capsys.readouterr().out
+    table = (sweep_dir / "report" / "results.md").read_text()
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | BC |  | 2 (1 collapsed) | 30.00 +- 28.28 |" in table
+    assert "| CE | 0 | 2 | 72.00" in table  # no share logged: not collapsed
+    collapsed_section = table.split("## Collapsed runs")[1]
+    assert f"- `{sweep_dir / 'loss=bc__seed_everything=0'}`: top class share 97.0%" in collapsed_section
+    assert "loss=bc__seed_everything=1" not in collapsed_section  # 89% is under the threshold
+    with open(sweep_dir / "report" / "results.csv") as handle:
+        assert {row["method"]: row["collapsed"] for row in csv.DictReader(handle)} == {"CE": "0", "LS": "0", "FC": "0",
+                                                                                      "BC": "1"}
+
+
+def test_stale_runs_of_an_edited_sweep_are_listed_and_left_out_of_the_means(tmp_path: Path, capsys) -> None:
+    sweep_file = tmp_path / "study.yaml"
+    sweep_file.write_text(f"""
+config: {QUICKSTART}
+grid:
+  model.init_args.loss:
+    ce: {{class_path: lsl.losses.CrossEntropy}}
+    ls0.4: {{class_path: lsl.losses.LabelSmoothing, init_args: {{alpha: 0.4}}}}
+  seed_everything: [0, 1]
+""")
+    sweep = load_sweep(sweep_file)
+    for run in sweep.runs(tmp_path / "logs"):
+        write_run_files(sweep, run)
+        loss = CE if "loss=ce" in run.point else LS
+        (run.directory / "config.yaml").write_text(yaml.safe_dump(config(loss)))
+        write_events(run.directory, classifier_scalars(0.7 if loss is CE else 0.8, 0.1, 0.7, [0.5], [0.5]))
+        mark_done(run, 1.0)
+    root = tmp_path / "logs" / "study"
+    assert run_main(["report", str(root)]) == 0
+    assert "4 runs in 2 groups (0 failed, 0 unfinished and left out)" in capsys.readouterr().out
+    sweep_file.write_text(sweep_file.read_text().replace("alpha: 0.4", "alpha: 0.6"))  # the label ls0.4 is stale
+    old = root / "loss=ce__seed_everything=1" / DONE_FILE
+    old.write_text('{"wall_s": 1.0}')  # a run made before fingerprints were recorded
+    assert run_main(["report", str(root)]) == 0
+    assert "1 runs in 1 groups (0 failed, 3 stale and left out, 0 unfinished and left out)" in capsys.readouterr().out
+    table = (root / "report" / "results.md").read_text()
+    assert "| CE | 0 | 1 | 70.00 |" in table and "| LS |" not in table
+    stale = table.split("## Stale runs")[1]
+    for seed in (0, 1):
+        assert f"- `{root / f'loss=ls0.4__seed_everything={seed}'}`: made with a different config (study.yaml or a " \
+               "base config changed since)" in stale
+    assert f"- `{old.parent}`: made before lsl recorded what a run runs (no fingerprint)" in stale
+    sweep_file.unlink()  # nothing to compare with: the runs are reported as they are
+    assert run_main(["report", str(root)]) == 0
+    assert "4 runs in 2 groups (0 failed, 0 unfinished and left out)" in capsys.readouterr().out

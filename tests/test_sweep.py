@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -14,12 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from test_cli import CONFIGS, QUICKSTART, run_main, scalars
+from test_cli import CONFIGS, QUICKSTART, QUIET, run_main, scalars
 
+import lsl.sweep
 from lsl.errors import ConfigError
-from lsl.sweep import DONE_FILE, FAILED_FILE, LocalRunner, SlurmOptions, load_sweep, nested, sweep_command, \
-    write_run_files, write_slurm
+from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, LocalRunner, SlurmOptions, load_sweep, nested, \
+    sweep_command, write_run_files, write_slurm
 
 SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
 
@@ -146,8 +149,49 @@ def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path
                          str(run.directory / "overrides.yaml"), "--print_config"]) == 0, run.name
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["trainer"]["logger"]["init_args"]["save_dir"] == str(run.directory.parent)
+        assert printed["trainer"]["default_root_dir"] == str(run.directory)
         if run.teacher is not None:
             assert printed["model"]["init_args"]["teacher_checkpoint"].endswith("teacher/checkpoints/last.ckpt")
+
+
+@pytest.mark.parametrize("grid, overrides, named", [
+    ("{model.init_args.los: [0.1], seed_everything: [0, 1]}", "{}", "grid key 'model.init_args.los'"),
+    ("{seed_everything: [0, 1]}", "{trainer.max_epoch: 2}", "override 'trainer.max_epoch'"),
+    ("{model.init_args.loss.init_args.alhpa: [0.1, 0.4]}", "{}", "grid key 'model.init_args.loss.init_args.alhpa'"),
+    ("{seed_everything: [0, zero]}", "{}", "grid key 'seed_everything'"),
+    # The alpha is fine beside the grid's loss, which takes one (not beside the base's cross-entropy, which
+    # takes none): the misspelt key is blamed, not the alpha.
+    ("{model.init_args.loss: [{class_path: lsl.losses.LabelSmoothing}], model.init_args.los: [1]}",
+     "{model.init_args.loss.init_args.alpha: 0.2}", "grid key 'model.init_args.los'"),
+])
+@pytest.mark.parametrize("mode", [[], ["--dry-run"], ["--slurm"]], ids=["run", "dry-run", "slurm"])
+def test_a_key_lsl_fit_rejects_stops_the_sweep_before_any_run_naming_it(tmp_path: Path, monkeypatch, grid: str,
+                                                                        overrides: str, named: str, mode) -> None:
+    monkeypatch.chdir(tmp_path)
+    sweep_file = write_sweep(tmp_path, f"config: {CONFIGS / 'fashion_mnist' / 'ce.yaml'}\noverrides: {overrides}\n"
+                                       f"grid: {grid}")
+    logs = tmp_path / "logs"
+    with pytest.raises(ConfigError) as error:
+        sweep_command(["--config", str(sweep_file), "--logs", str(logs), *mode], io.StringIO())
+    message = str(error.value)
+    assert message.startswith("sweep sweep: ") and named in message and "\n" not in message, message
+    assert not logs.exists()
+
+
+def test_rerun_stale_and_accept_stale_exclude_each_other(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--rerun-stale and --accept-stale: pass one"):
+        sweep_command(["--config", str(write_sweep(tmp_path, f"config: {QUICKSTART}")), "--rerun-stale",
+                       "--accept-stale"], io.StringIO())
+
+
+def test_a_misspelt_key_is_one_error_line_from_the_console_script(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    sweep_file = write_sweep(tmp_path, f"config: {QUICKSTART}\ngrid: {{model.init_args.los: [0.1]}}")
+    assert run_main(["sweep", "--config", str(sweep_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lsl: error: sweep sweep: grid key 'model.init_args.los' is not "
+                                                     "accepted by `lsl fit`") and "'los'" in err, err
+    assert list(tmp_path.iterdir()) == [sweep_file]
 
 
 # ------------------------------------------------------------------------------------- running locally
@@ -265,6 +309,131 @@ def test_a_real_sweep_of_quickstart_runs_resumes_without_redoing_finished_runs(t
     assert (runs[1].directory / DONE_FILE).is_file()
 
 
+def stale_sweep(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A sweep over a copy of the quickstart config (so the test can edit it), 2 seeds x CE and LS."""
+    base = tmp_path / "base.yaml"
+    base.write_text(Path(QUICKSTART).read_text())
+    sweep_file = write_sweep(tmp_path, """
+        name: edited
+        config: base.yaml
+        overrides: {trainer.max_epochs: 1}
+        grid:
+          model.init_args.loss:
+            ce: {class_path: lsl.losses.CrossEntropy}
+            ls: {class_path: lsl.losses.LabelSmoothing, init_args: {alpha: 0.4}}
+          seed_everything: [0, 1]
+    """)
+    return base, sweep_file, tmp_path / "logs"
+
+
+def fake_sweep(sweep_file: Path, logs: Path, tmp_path: Path, *extra: str) -> str:
+    """``lsl sweep`` with the fake ``lsl`` above in its runner; returns what it printed."""
+    script = tmp_path / "fake_lsl.py"
+    script.write_text(FAKE_LSL)
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lsl.sweep, "LocalRunner", functools.partial(LocalRunner, lsl_command=[sys.executable, str(script)]))
+        assert sweep_command(["--config", str(sweep_file), "--logs", str(logs), "--parallel", "2", *extra], out) == 0
+    return out.getvalue()
+
+
+def test_each_run_records_the_fingerprint_of_what_it_ran(tmp_path: Path) -> None:
+    base, sweep_file, logs = stale_sweep(tmp_path)
+    fake_sweep(sweep_file, logs, tmp_path)
+    runs = load_sweep(sweep_file).runs(logs)
+    assert len({run.fingerprint for run in runs}) == 4 and all(len(run.fingerprint) == 64 for run in runs)
+    for run in runs:
+        assert json.loads((run.directory / RUN_FILE).read_text())["fingerprint"] == run.fingerprint
+        assert json.loads((run.directory / DONE_FILE).read_text())["fingerprint"] == run.fingerprint
+    # What the config says counts, not how it is written: a comment or a moved logs folder changes nothing.
+    base.write_text("# a comment\n" + base.read_text())
+    assert [run.fingerprint for run in load_sweep(sweep_file).runs(tmp_path / "elsewhere")] == \
+           [run.fingerprint for run in runs]
+    assert "4 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
+
+
+def test_a_changed_base_config_makes_finished_runs_stale_and_the_sweep_refuses_them(tmp_path: Path, capsys) -> None:
+    base, sweep_file, logs = stale_sweep(tmp_path)
+    fake_sweep(sweep_file, logs, tmp_path)
+    base.write_text(base.read_text().replace("lr: 0.05", "lr: 0.1"))
+    out = io.StringIO()
+    assert sweep_command(["--config", str(sweep_file), "--logs", str(logs), "--dry-run"], out) == 0
+    listing = out.getvalue()
+    assert listing.startswith("sweep edited: 4 runs (0 done, 4 stale: --rerun-stale or --accept-stale)")
+    assert listing.count("  stale  ") == 4
+    for mode in ([], ["--slurm"]):
+        with pytest.raises(ConfigError) as error:
+            sweep_command(["--config", str(sweep_file), "--logs", str(logs), *mode], io.StringIO())
+        assert str(error.value) == (
+            "sweep edited: 4 run(s) were made with a different config (the sweep file or a base config changed): "
+            "e.g. loss=ce__seed_everything=0; pass --rerun-stale to run them again from scratch, or --accept-stale "
+            "to keep their results")
+    assert not (logs / "edited" / "slurm").exists()
+    assert run_main(["sweep", "--config", str(sweep_file), "--logs", str(logs)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lsl: error: sweep edited: 4 run(s) were made with a different config") and err.count("\n") == 1
+
+
+def test_rerun_stale_runs_them_again_from_scratch_and_accept_stale_keeps_them(tmp_path: Path) -> None:
+    base, sweep_file, logs = stale_sweep(tmp_path)
+    fake_sweep(sweep_file, logs, tmp_path)
+    runs = load_sweep(sweep_file).runs(logs)
+    first_run = {run.name: (run.directory / "fake_ran").stat().st_mtime_ns for run in runs}
+    # Only the LS runs change: the sweep file gives the label ls another alpha.
+    sweep_file.write_text(sweep_file.read_text().replace("alpha: 0.4", "alpha: 0.2"))
+    ls_runs = [run for run in load_sweep(sweep_file).runs(logs) if "loss=ls" in run.name]
+    for run in ls_runs:
+        (run.directory / "events.out.tfevents.1.old").write_bytes(b"old")
+        (run.directory / "checkpoints").mkdir()
+        (run.directory / "checkpoints" / "last.ckpt").write_bytes(b"old")
+    text = fake_sweep(sweep_file, logs, tmp_path, "--accept-stale")
+    assert "2 stale run(s) kept as they are (--accept-stale)" in text and "4 already done, 0 to run" in text
+    for run in ls_runs:
+        assert json.loads((run.directory / DONE_FILE).read_text())["fingerprint"] == run.fingerprint
+        assert (run.directory / "fake_ran").stat().st_mtime_ns == first_run[run.name]
+    assert "4 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
+
+    sweep_file.write_text(sweep_file.read_text().replace("alpha: 0.2", "alpha: 0.3"))
+    ls_runs = [run for run in load_sweep(sweep_file).runs(logs) if "loss=ls" in run.name]
+    text = fake_sweep(sweep_file, logs, tmp_path, "--rerun-stale")
+    assert "2 stale run(s) deleted, to run again" in text and "2 already done, 2 to run" in text
+    for run in ls_runs:
+        assert not (run.directory / "events.out.tfevents.1.old").exists()
+        assert not (run.directory / "checkpoints").exists()  # so the run did not resume from the old weights
+        assert "--ckpt_path" not in (run.directory / "fake_ran").read_text()
+        assert json.loads((run.directory / DONE_FILE).read_text())["fingerprint"] == run.fingerprint
+    for run in runs:
+        if "loss=ce" in run.name:
+            assert (run.directory / "fake_ran").stat().st_mtime_ns == first_run[run.name]
+
+
+def test_runs_without_a_fingerprint_and_interrupted_runs_of_another_config_are_stale(tmp_path: Path) -> None:
+    base, sweep_file, logs = stale_sweep(tmp_path)
+    fake_sweep(sweep_file, logs, tmp_path)
+    runs = load_sweep(sweep_file).runs(logs)
+    (runs[0].directory / DONE_FILE).write_text('{"wall_s": 1.0}\n')  # a run made before fingerprints
+    (runs[1].directory / DONE_FILE).unlink()  # interrupted: a last.ckpt to resume from, of another config
+    (runs[1].directory / "checkpoints").mkdir()
+    (runs[1].directory / "checkpoints" / "last.ckpt").write_bytes(b"")
+    run_file = json.loads((runs[1].directory / RUN_FILE).read_text())
+    (runs[1].directory / RUN_FILE).write_text(json.dumps({**run_file, "fingerprint": "0" * 64}))
+    assert [run.name for run in load_sweep(sweep_file).runs(logs) if run.stale] == [runs[0].name, runs[1].name]
+    with pytest.raises(ConfigError, match="2 run\\(s\\) were made with a different config"):
+        sweep_command(["--config", str(sweep_file), "--logs", str(logs)], io.StringIO())
+    assert "--accept-stale" in str(pytest.raises(ConfigError, sweep_command, ["--config", str(sweep_file), "--logs",
+                                                                                 str(logs), "--slurm"]).value)
+
+
+def test_a_student_of_a_changed_teacher_is_stale_too(tmp_path: Path) -> None:
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text(Path(QUICKSTART).read_text())
+    sweep_file = write_sweep(tmp_path, DISTILL_SWEEP.replace(QUICKSTART, str(teacher)))
+    before = load_sweep(sweep_file).runs(tmp_path / "logs")
+    teacher.write_text(teacher.read_text().replace("width: 32", "width: 16"))
+    after = load_sweep(sweep_file).runs(tmp_path / "logs")
+    assert all(old.fingerprint != new.fingerprint for old, new in zip(before, after))  # teachers and students
+
+
 def test_dry_run_lists_each_run_with_its_state_and_command(tmp_path: Path) -> None:
     sweep_file = write_sweep(tmp_path, DISTILL_SWEEP)
     out = io.StringIO()
@@ -275,6 +444,28 @@ def test_dry_run_lists_each_run_with_its_state_and_command(tmp_path: Path) -> No
     assert f"lsl fit --config {QUICKSTART} --config {tmp_path}/logs/kd/teacher.loss=ce__seed_everything=0/teacher/" \
            "overrides.yaml" in text
     assert not (tmp_path / "logs").exists()
+
+
+class ClosedPipeAfter(io.StringIO):
+    """Standard output piped into ``head -n LINES``: the reader is gone once it has its lines."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def flush(self) -> None:
+        if self.getvalue().count("\n") > self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_dry_run_flushes_each_line_so_a_closed_pipe_stops_the_listing_at_once(tmp_path: Path) -> None:
+    """``lsl sweep --dry-run | head -1``: the closed pipe surfaces inside the listing, where ``lsl``'s main can
+    catch it, not in the interpreter's flush at exit (a traceback nobody can catch)."""
+    out = ClosedPipeAfter(1)
+    with pytest.raises(BrokenPipeError):
+        sweep_command(["--config", str(write_sweep(tmp_path, DISTILL_SWEEP)), "--dry-run", "--logs",
+                       str(tmp_path / "logs")], out)
+    assert out.getvalue().count("\n") == 2  # stopped at the first line past what the reader took
 
 
 # ------------------------------------------------------------------------------------------------ SLURM
@@ -318,13 +509,56 @@ def test_the_slurm_task_script_runs_a_task_and_marks_it_done(tmp_path: Path, mon
     (bin_dir / "srun").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_JOB_ID": "77"}
     for _ in range(2):
-        done = subprocess.run(["bash", "logs/sweep/slurm/runs.sbatch"], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
+        task = subprocess.run(["bash", "logs/sweep/slurm/runs.sbatch"], env=env, capture_output=True, text=True)
+        assert task.returncode == 0, task.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert calls == [f"srun lsl fit --config {QUICKSTART} --config {runs[1].directory}/overrides.yaml "
                      "--trainer.accelerator=gpu --trainer.devices=1 --trainer.num_nodes=1"]
-    assert json.loads((runs[1].directory / DONE_FILE).read_text())["slurm_job"] == "77"
-    assert "finished earlier" in done.stdout
+    done = json.loads((runs[1].directory / DONE_FILE).read_text())
+    assert done["slurm_job"] == "77" and done["fingerprint"] == runs[1].fingerprint  # what the task ran
+    assert not runs[1].stale
+    assert "finished earlier" in task.stdout
+
+
+# What `srun` sets in an array task: enough for Lightning's SLURMEnvironment.detect() (the job is not named
+# bash or interactive, so it is not an interactive allocation).
+SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "tiny", "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4241",
+              "SLURM_ARRAY_TASK_ID": "0", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+              "SLURM_NODELIST": "localhost", "SLURM_NNODES": "1"}
+
+
+def test_a_requeued_slurm_run_never_restores_the_hpc_checkpoint_another_run_left_in_the_working_directory(
+        tmp_path: Path, monkeypatch) -> None:
+    """Lightning on SLURM restores from any hpc_ckpt_*.ckpt in default_root_dir when no ckpt_path is given; the
+    array tasks all start in one working directory, so each run must own its default_root_dir."""
+    foreign_dir = tmp_path / "foreign"
+    foreign_dir.mkdir()
+    monkeypatch.chdir(foreign_dir)
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--seed_everything=1", "--trainer.max_steps=6",
+                     "--test_after_fit=false"]) == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hpc_ckpt_1.ckpt").write_bytes(
+        (foreign_dir / "logs/quickstart/version_0/checkpoints/last.ckpt").read_bytes())
+    monkeypatch.chdir(work)
+    sweep = load_sweep(write_sweep(tmp_path, f"""
+        name: tiny
+        config: {QUICKSTART}
+        overrides: {{trainer.max_steps: 3, test_after_fit: false, trainer.enable_progress_bar: false}}
+        grid: {{seed_everything: [0]}}
+    """))
+    [run] = sweep.runs(Path("logs"))
+    write_run_files(sweep, run)
+    task = subprocess.run([str(Path(sys.executable).with_name("lsl")), *run.fit_arguments()], cwd=work,
+                          env={**os.environ, **SLURM_TASK}, capture_output=True, text=True, timeout=600)
+    assert task.returncode == 0, task.stderr[-3000:]
+    assert "Restored all states" not in task.stdout + task.stderr and "hpc_ckpt" not in task.stdout + task.stderr
+    own = torch.load(work / run.directory / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert own["global_step"] == 3  # trained from scratch, not from the foreign run's 6 steps
+    stolen = torch.load(work / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert stolen["global_step"] == 6
+    assert not any(torch.equal(own["state_dict"][key], stolen["state_dict"][key]) for key in own["state_dict"]
+                   if key.endswith("weight"))
 
 
 def test_lsl_sweep_slurm_through_the_console_script(tmp_path: Path, monkeypatch, capsys) -> None:
