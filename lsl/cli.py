@@ -15,6 +15,7 @@ import copy
 import ctypes
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,12 +159,19 @@ class LSLCLI(LightningCLI):
         # first resolved after them would put the test-after-fit metrics into a new version_N+1.
         for logger in self.trainer.loggers:
             _ = logger.version
+        log_dir = self.trainer.log_dir
+        self._new_run_dir = Path(log_dir) if log_dir and not Path(log_dir).exists() else None
 
     def after_fit(self) -> None:
         if self.trainer.interrupted:
             return
         if self._resumed_step is not None:
-            check_resume_trained(self.trainer, self._resumed_step)
+            try:
+                check_resume_trained(self.trainer, self._resumed_step)
+            except ConfigError:
+                if self._new_run_dir is not None and self.trainer.is_global_zero:
+                    shutil.rmtree(self._new_run_dir, ignore_errors=True)  # a run that trained nothing is no run
+                raise
         if not self.config.fit.test_after_fit:
             return
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lsl.data import Batch, NoisyLabelDataModule
 from lsl.distill import file_sha256
+from lsl.checkpoint_check import read_checkpoint
 from lsl.errors import ConfigError, warn
 from lsl.losses import CrossEntropy
 from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix, write_new_file
@@ -186,6 +187,7 @@ def load_model(checkpoint: Path, config: dict[str, Any], device: torch.device) -
     """The checkpoint's model, rebuilt by the class its config names (``lsl.Classifier`` by default)."""
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint {str(checkpoint)!r} does not exist: give a .ckpt written by `lsl fit`")
+    read_checkpoint(checkpoint)  # whole, every record against its CRC-32: torch.load checks none of them
     model_class = _import_class(config.get("model", {}).get("class_path", "lsl.Classifier"))
     try:
         return model_class.load_from_checkpoint(checkpoint, map_location=device)

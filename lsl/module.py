@@ -209,19 +209,25 @@ class Classifier(pl.LightningModule):
     def _check_optimizer(self) -> None:
         """Build the optimizer and scheduler once on the fresh parameters, so that a bad value (a negative
         learning rate, a momentum above 1) is refused now, before Lightning writes a run directory."""
+        errors = (ValueError, TypeError, ArithmeticError)
         try:
             optimizer = self.optimizer_factory(self.parameters())
-            if self.scheduler_factory is not None:
-                scheduler = self.scheduler_factory(optimizer)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no step is taken
-                    scheduler.step()  # a cosine schedule with T_max 0 divides by zero here, not before
-                rates = [group["lr"] for group in optimizer.param_groups]
-                if not all(math.isfinite(rate) and rate >= 0 for rate in rates):
-                    raise ValueError(f"the schedule's first step gives learning rates {rates}")
-        except (ValueError, TypeError, ArithmeticError) as error:
-            raise ConfigError(f"the optimizer or scheduler cannot be built: {type(error).__name__}: {error}: fix "
-                              "its init_args under model.init_args.optimizer / model.init_args.scheduler") from error
+        except errors as error:
+            raise ConfigError(f"{_described('optimizer', self.hparams.optimizer)} cannot be built: {error}: fix "
+                              "its init_args") from error
+        if self.scheduler_factory is None:
+            return
+        try:
+            scheduler = self.scheduler_factory(optimizer)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no step is taken
+                scheduler.step()  # a cosine schedule with T_max 0 divides by zero here, not before
+            rates = [group["lr"] for group in optimizer.param_groups]
+            if not all(math.isfinite(rate) and rate >= 0 for rate in rates):
+                raise ValueError(f"its first step gives the learning rates {rates}")
+        except errors as error:
+            raise ConfigError(f"{_described('scheduler', self.hparams.scheduler)} cannot be used: "
+                              f"{type(error).__name__}: {error}: fix its init_args") from error
 
     def _build_metrics(self, num_classes: int, ece_bins: int) -> None:
         # No argument validation and no NaN scans: each would cost a host sync on every update.
@@ -331,3 +337,12 @@ class Classifier(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+
+
+def _described(name: str, factory: object) -> str:
+    """``model.init_args.optimizer (torch.optim.SGD, lr=-0.1, ...)`` from a config's class_path and init_args."""
+    if isinstance(factory, dict) and "class_path" in factory:
+        arguments = ", ".join(f"{key}={value!r}" for key, value in (factory.get("init_args") or {}).items()
+                              if value is not None)
+        return f"model.init_args.{name} ({factory['class_path']}{', ' + arguments if arguments else ''})"
+    return f"model.init_args.{name} ({getattr(factory, '__name__', factory)})"

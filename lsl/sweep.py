@@ -435,8 +435,8 @@ def check_configs(sweep: Sweep, runs: list[Run]) -> None:
     """Parse the runs' ``lsl fit --config BASE --config overrides.yaml`` with ``lsl fit``'s own parser (nothing is
     instantiated, nothing written beside a temporary folder): a misspelt key or a bad value is a ConfigError
     naming the key in the sweep file, before any run starts. Every combination of the non-seed grid values is
-    parsed, and every seed value at least once (a parse takes up to half a second; runs that differ only in
-    their seeds differ only in an integer)."""
+    parsed, and every seed value that is not an integer (a parse takes up to half a second; runs that differ
+    only in an integer seed parse alike)."""
     from lsl.cli import fit_config_checker  # imports Lightning: a few seconds, once per sweep
 
     check = fit_config_checker()
@@ -464,7 +464,9 @@ def _covering_runs(runs: list[Run]) -> list[Run]:
         chosen.setdefault(combination, run)
     covered = {(run.stage.name, key, label) for run in chosen.values() for key, label in run.labels.items()}
     for run in runs:
-        values = {(run.stage.name, key, label) for key, label in run.labels.items()}
+        # An integer seed parses like any other: only a seed of another type needs a parse of its own.
+        values = {(run.stage.name, key, label) for key, label in run.labels.items()
+                  if not (seed(key) and isinstance(run.overrides.get(key), int))}
         if not values <= covered:
             chosen[(id(run),)] = run
             covered |= values

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,20 @@ def write_fashion_mnist(folder: Path, train_size: int = 200, test_size: int = 50
             else:
                 (folder / stem).write_bytes(content)
     return folder
+
+
+def flip_bytes_in_the_weights(data: bytes) -> bytes:
+    """A checkpoint's bytes with 8 bytes inverted in the middle of its largest tensor record: the archive still
+    opens and loads, with other weights. (Bytes in the middle of the file may be zip padding, which changes
+    nothing: PyTorch aligns each record.)"""
+    import io
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+    # The record's bytes follow its 30-byte local header, its name and its extra field (PyTorch pads there).
+    name_length, extra_length = struct.unpack("<HH", data[record.header_offset + 26:record.header_offset + 30])
+    middle = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
+    return data[:middle] + bytes(byte ^ 0xFF for byte in data[middle:middle + 8]) + data[middle + 8:]
 
 
 @pytest.fixture

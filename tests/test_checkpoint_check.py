@@ -4,13 +4,12 @@ and a resume that would train nothing are refused in one line; the opt-in contin
 from __future__ import annotations
 
 import shutil
-import struct
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import flip_bytes_in_the_weights
 from test_cli import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
 
 from lsl.checkpoint_check import differences, hpc_checkpoint, read_checkpoint
@@ -87,21 +86,8 @@ def test_test_ckpt_path_last_tests_the_newest_run_and_refuses_without_one(workdi
     assert list(empty.iterdir()) == []
 
 
-def flip_bytes_in_the_weights(path: Path) -> None:
-    """Invert 8 bytes in the middle of the largest tensor record: the archive stays readable, the weights change."""
-    with zipfile.ZipFile(path) as archive:
-        record = max(archive.infolist(), key=lambda info: info.file_size)
-    data = bytearray(path.read_bytes())
-    # The record's bytes follow its 30-byte local header, its name and its extra field (PyTorch pads there).
-    name_length, extra_length = struct.unpack("<HH", data[record.header_offset + 26:record.header_offset + 30])
-    start = record.header_offset + 30 + name_length + extra_length
-    middle = start + record.file_size // 2
-    data[middle:middle + 8] = bytes(255 - byte for byte in data[middle:middle + 8])
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("damage, named", [
-    (flip_bytes_in_the_weights, "CRC-32"),
+    (lambda path: path.write_bytes(flip_bytes_in_the_weights(path.read_bytes())), "CRC-32"),
     (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "not a whole checkpoint"),
     (lambda path: path.write_bytes(b""), "not a whole checkpoint"),
     (lambda path: torch.save({"epoch": 3}, path), "no model weights"),
@@ -131,8 +117,10 @@ def test_under_slurm_a_foreign_hpc_checkpoint_is_refused(workdir: Path, monkeypa
 
 def test_a_resume_that_would_train_nothing_is_refused_when_a_limit_asks_for_more(workdir: Path, capsys) -> None:
     # The run ended at max_epochs=1 (2 steps): raising only max_steps trains no step, since max_epochs binds.
-    assert run_main(["fit", "--config", QUICKSTART, *TINY, "--trainer.max_steps=100", "--ckpt_path", "last"]) == 2
+    checkpoint = "logs/quickstart/version_0/checkpoints/last.ckpt"
+    assert run_main(["fit", "--config", QUICKSTART, *TINY, "--trainer.max_steps=100", "--ckpt_path", checkpoint]) == 2
     assert_clean_failure(2, capsys.readouterr().err, "max_steps=100", "max_epochs=1", "--trainer.max_epochs")
+    assert runs(workdir) == ["version_0"]  # the new run's folder, which trained nothing, is gone
     # The same limits again: a finished run restarted, which only warns.
     assert run_main(["fit", "--config", QUICKSTART, *TINY, "--ckpt_path", "last", "--test_after_fit=false"]) == 0
     assert "nothing left to train" in capsys.readouterr().err
