@@ -219,9 +219,10 @@ class Classifier(pl.LightningModule):
             return
         try:
             scheduler = self.scheduler_factory(optimizer)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no step is taken
-                scheduler.step()  # a cosine schedule with T_max 0 divides by zero here, not before
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # its step needs a metric
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": none is taken
+                    scheduler.step()  # a cosine schedule with T_max 0 divides by zero here, not before
             rates = [group["lr"] for group in optimizer.param_groups]
             if not all(math.isfinite(rate) and rate >= 0 for rate in rates):
                 raise ValueError(f"its first step gives the learning rates {rates}")
