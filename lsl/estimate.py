@@ -195,22 +195,9 @@ def load_model(checkpoint: Path, config: dict[str, Any], device: torch.device) -
         raise
     except Exception as error:
         raise ConfigError(
-            f"cannot load {str(checkpoint)!r} as {model_class.__name__}: {_checkpoint_problem(error)}: give an "
-            "intact .ckpt written by `lsl fit` for this config (copy it again if it was cut short)"
+            f"cannot load {str(checkpoint)!r} as {model_class.__name__}: {type(error).__name__}: "
+            f"{(str(error).strip().splitlines() or [''])[0][:300]}: give a .ckpt written by `lsl fit` with this config"
         ) from error
-
-
-def _checkpoint_problem(error: Exception) -> str:
-    """One line saying what is wrong with a checkpoint file, never torch's advice to load it unsafely."""
-    text = str(error)
-    if isinstance(error, EOFError) or not text.strip():
-        return "the file is empty or ends too early (truncated)"
-    if "central directory" in text or "zip archive" in text:
-        return "the file is not a complete checkpoint archive (truncated or damaged)"
-    if "weights_only" in text or "Unpickl" in type(error).__name__:
-        return "the file is not a torch checkpoint, or it is damaged"
-    first_line = text.strip().splitlines()[0]
-    return f"{type(error).__name__}: {first_line[:300]}"
 
 
 def _import_class(class_path: str) -> type[pl.LightningModule]:

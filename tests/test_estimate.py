@@ -293,7 +293,7 @@ def test_a_damaged_checkpoint_is_one_clean_line(damage: str, tmp_path: Path, mon
     assert run_main(["estimate-t", *_estimate_t(tmp_path, "out/T.npy")]) == 2
 
     err = capsys.readouterr().err
-    assert_clean_failure(2, err, "run.ckpt", "intact .ckpt")
+    assert_clean_failure(2, err, "run.ckpt", "damaged")
     error_lines = [line for line in err.splitlines() if line.strip()]
     assert error_lines[-1].startswith("lsl: error:") and "weights_only" not in err, err
     assert sum(line.startswith("lsl: error:") for line in error_lines) == 1
