@@ -101,17 +101,19 @@ class Sizes:
     copies_cap_s: float
     ddp_steps: int
     ddp_cap_s: float
+    compile_run: tuple[int, int, int, int]  # part 2's run, with one round: each round compiles again
     compile_cap_s: float
     reserve_s: float  # kept back at the end for writing the record
 
 
 FULL = Sizes(
     budget_s=480, min_start_s=20, cifar_train_images=50_000, cifar_test_images=10_000,
-    quickstart_steps=300, resnet_steps=300, resnet_batch=128, resnet_depth=32, fit_subset=10_000, log_every=25, fits_at_once=6,
+    quickstart_steps=300, resnet_steps=300, resnet_batch=128, resnet_depth=32, fit_subset=10_000, log_every=25,
+    fits_at_once=6,
     fit_cap_s=120, throughput=(400, 50, 3, 50_000), throughput_batch=RECIPE_BATCH, throughput_cap_s=90,
     estimate_steps=1200, estimate_log_every=50, estimate_skip_steps=200, estimate_cap_s=90,
     copies=(1, 2, 4, 8), copies_run=(500, 150, 10_000), copies_cap_s=60, ddp_steps=100, ddp_cap_s=60,
-    compile_cap_s=150, reserve_s=12,
+    compile_run=(400, 100, 1, 50_000), compile_cap_s=150, reserve_s=12,
 )
 SMOKE = Sizes(
     budget_s=300, min_start_s=5, cifar_train_images=400, cifar_test_images=100,
@@ -119,7 +121,7 @@ SMOKE = Sizes(
     fit_cap_s=90, throughput=(2, 1, 1, 256), throughput_batch=8, throughput_cap_s=90,
     estimate_steps=14, estimate_log_every=2, estimate_skip_steps=4, estimate_cap_s=90,
     copies=(1, 2), copies_run=(2, 1, 256), copies_cap_s=90, ddp_steps=25, ddp_cap_s=90,
-    compile_cap_s=0, reserve_s=5,
+    compile_run=(2, 1, 1, 256), compile_cap_s=0, reserve_s=5,
 )
 
 
@@ -247,7 +249,8 @@ def finish(process: subprocess.Popen, started: float, limit: float, log: Path) -
         process.wait(timeout=max(0.0, started + limit - time.monotonic()))
     except subprocess.TimeoutExpired:
         timed_out = True
-        _end_group(process)
+    # Also after a normal exit: a rank or worker it left behind would hold the GPU through the next part.
+    _end_group(process)
     return Child(process.returncode, log.read_text(errors="replace"), time.monotonic() - started, timed_out)
 
 
@@ -386,7 +389,7 @@ class Check:
             return [self.out_of_time(name) if not row.status else row for name, row in rows.items()]
         children = run_many([triple for _, _, triple in planned], limit, sizes.fits_at_once)
         for (name, steps, (_, folder, _)), child in zip(planned, children):
-            rows[name] = self.fit_row(name, steps, folder, child, limit)
+            rows[name] = guarded(name, lambda: self.fit_row(name, steps, folder, child, limit))
         return list(rows.values())
 
     def fit_row(self, name: str, steps: int, folder: Path, child: Child, limit: float) -> Row:
@@ -437,13 +440,15 @@ class Check:
                 extra.append(f"--data.init_args.train_subset={self.sizes.fit_subset}")
             command = self.fit_command("cifar10/ce.yaml", ["ddp.yaml"], self.sizes.ddp_steps, extra)
             child = run_many([(command, folder, self.logs / f"ddp-{processes}.log")], limit, 1)[0]
-            rows.append(self.fit_row(name, self.sizes.ddp_steps, folder, child, limit))
+            rows.append(guarded(name, lambda: self.fit_row(name, self.sizes.ddp_steps, folder, child, limit)))
         return rows
 
     # ----------------------------------------------------------------------------- part 3: the 64k estimate
 
+    ESTIMATE = "64k-step estimate through lsl fit (bf16, channels_last, all images, validation every epoch)"
+
     def fit_estimate(self) -> Row:
-        name = "64k-step estimate through lsl fit (bf16, channels_last, all images, validation every epoch)"
+        name = self.ESTIMATE
         limit = self.grant(self.sizes.estimate_cap_s)
         if limit is None:
             return self.out_of_time(name)
@@ -476,15 +481,20 @@ class Check:
                 "--batch-size", str(self.sizes.throughput_batch),
                 *(["--compile"] if compiled else [])]
 
+    @staticmethod
+    def throughput_name(compiled: bool) -> str:
+        return f"throughput.py ResNet-32, bf16, channels_last{', compile' if compiled else ''}: lsl vs hand loop"
+
     def throughput(self, compiled: bool) -> Row:
-        name = f"throughput.py ResNet-32, bf16, channels_last{', compile' if compiled else ''}: lsl vs hand loop"
+        name = self.throughput_name(compiled)
         if compiled and not self.cuda:
             return Row(name, "skipped: compiling takes minutes on a CPU (smoke run)")
         limit = self.grant(self.sizes.compile_cap_s if compiled else self.sizes.throughput_cap_s)
         if limit is None:
             return self.out_of_time(name)
         tag = "compile" if compiled else "eager"
-        child = run_many([(self.throughput_command("lsl,hand", self.sizes.throughput, compiled),
+        run = self.sizes.compile_run if compiled else self.sizes.throughput
+        child = run_many([(self.throughput_command("lsl,hand", run, compiled),
                            self.workdir / f"throughput-{tag}", self.logs / f"throughput-{tag}.log")], limit, 1)[0]
         if not child.ok:
             return Row(name, child.failure(limit), seconds=child.seconds)
@@ -496,7 +506,6 @@ class Check:
     def copies(self) -> list[Row]:
         rows = []
         steps, warmup, images = self.sizes.copies_run
-        single = None
         for count in FULL.copies:
             name = f"{count} concurrent throughput.py --paths lsl"
             if count not in self.sizes.copies:
@@ -515,13 +524,19 @@ class Check:
                 rows.append(Row(name, f"{failed[0].failure(limit)} ({len(failed)} of {count} copies failed)",
                                 seconds=seconds))
                 continue
-            speeds = [parse_throughput(child.output)[0] for child in children]
-            total = sum(speeds)
-            single = single or total
-            self.measured[f"copies_{count}"] = total
-            rows.append(Row(name, "ok", f"aggregate {total:,.0f} img/s ({total / single:.2f}x one copy), per copy "
-                            f"{min(speeds):,.0f} to {max(speeds):,.0f}", seconds))
+            rows.append(guarded(name, lambda: self.copies_row(name, count, children, seconds)))
         return rows
+
+    def copies_row(self, name: str, count: int, children: list[Child], seconds: float) -> Row:
+        # The sum of each copy's own images/s: their timed stretches overlap but for the start-up jitter,
+        # which the warm-up steps absorb.
+        speeds = [parse_throughput(child.output)[0] for child in children]
+        total = sum(speeds)
+        self.measured[f"copies_{count}"] = total
+        single = self.measured.get("copies_1")
+        against = f" ({total / single:.2f}x one copy)" if single else ""
+        return Row(name, "ok", f"aggregate {total:,.0f} img/s{against}, per copy {min(speeds):,.0f} to "
+                   f"{max(speeds):,.0f}", seconds)
 
     # ----------------------------------------------------------------------------- the goals
 
@@ -555,14 +570,25 @@ class Check:
     def run(self) -> None:
         self.part("synthetic CIFAR-10 files", self.synthetic_cifar)
         self.part("fits", self.fits)
-        self.part("throughput", lambda: self.throughput(compiled=False))
-        self.part("64k estimate", self.fit_estimate)
+        self.part(self.throughput_name(compiled=False), lambda: self.throughput(compiled=False))
+        self.part(self.ESTIMATE, self.fit_estimate)
         self.part("concurrent copies", self.copies)
         self.part("ddp", self.ddp)
-        self.part("throughput, compiled", lambda: self.throughput(compiled=True))
-        self.goals()
+        self.part(self.throughput_name(compiled=True), lambda: self.throughput(compiled=True))
+        try:
+            self.goals()
+        except Exception as error:  # the measurements above are the record; the summary of them is extra
+            self.record.goals.append(("the goals", f"{type(error).__name__}: {error}", "FAILED to summarise"))
         if self.args.smoke:
             self.record.goals = [(goal, value, "smoke run: not a measurement") for goal, value, _ in self.record.goals]
+
+
+def guarded(name: str, make_row: Callable[[], Row]) -> Row:
+    """``make_row()``, or the FAILED row of what it raised: reading one run's results must not lose the others'."""
+    try:
+        return make_row()
+    except Exception as error:
+        return Row(name, f"FAILED: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]}")
 
 
 def parse_throughput(output: str) -> tuple[float, float, float, str]:
@@ -655,7 +681,8 @@ def _header(args: argparse.Namespace, sizes: Sizes) -> list[str]:
         commit = "unknown"
     return [f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
             f"device: {device}",
-            f"torch {torch.__version__}, lightning {pl.__version__}, python {sys.version.split()[0]}, lsl commit {commit}",
+            f"torch {torch.__version__}, lightning {pl.__version__}, python {sys.version.split()[0]}, "
+            f"lsl commit {commit}",
             f"mode: {'smoke' if args.smoke else 'full'}, budget {sizes.budget_s:.0f} s",
             f"command: {' '.join(lsl_command())} fit ... for the fits"]
 
