@@ -370,11 +370,13 @@ class Check:
                 "ResNet-32, CIFAR-10-shaped": ("cifar10/ce.yaml", sizes.resnet_steps,
                                                [f"--data.init_args.train_subset={sizes.fit_subset}"]
                                                if sizes.fit_subset else [])}
-        precisions = {"fp32": [], "bf16-mixed": ["bf16.yaml"], "fp16-mixed": ["fp16.yaml"]}
+        # name -> (overlays, the precision Lightning must then report)
+        precisions = {"fp32": ([], "32-true"), "bf16-mixed": (["bf16.yaml"], "bf16-mixed"),
+                      "fp16-mixed": (["fp16.yaml"], "16-mixed")}
         rows: dict[str, Row] = {}
         planned = []
         for run, (config, steps, extra) in runs.items():
-            for precision, overlays in precisions.items():
+            for precision, (overlays, expected) in precisions.items():
                 name = f"fit {run}, {precision}"
                 if precision == "fp16-mixed" and not self.cuda:
                     rows[name] = Row(name, "skipped: needs CUDA (fp16 autocast and loss scaling are GPU-only)")
@@ -382,17 +384,17 @@ class Check:
                 folder = self.workdir / f"fit-{len(planned)}"
                 command = self.fit_command(config, overlays, steps,
                                            [f"--trainer.log_every_n_steps={sizes.log_every}", *extra])
-                planned.append((name, steps, (command, folder, self.logs / f"fit-{len(planned)}.log")))
+                planned.append((name, steps, expected, (command, folder, self.logs / f"fit-{len(planned)}.log")))
                 rows[name] = Row(name, "")
         limit = self.grant(sizes.fit_cap_s)
         if limit is None:
             return [self.out_of_time(name) if not row.status else row for name, row in rows.items()]
-        children = run_many([triple for _, _, triple in planned], limit, sizes.fits_at_once)
-        for (name, steps, (_, folder, _)), child in zip(planned, children):
-            rows[name] = guarded(name, lambda: self.fit_row(name, steps, folder, child, limit))
+        children = run_many([triple for *_, triple in planned], limit, sizes.fits_at_once)
+        for (name, steps, expected, (_, folder, _)), child in zip(planned, children):
+            rows[name] = guarded(name, lambda: self.fit_row(name, steps, expected, folder, child, limit))
         return list(rows.values())
 
-    def fit_row(self, name: str, steps: int, folder: Path, child: Child, limit: float) -> Row:
+    def fit_row(self, name: str, steps: int, precision: str, folder: Path, child: Child, limit: float) -> Row:
         if not child.ok:
             return Row(name, child.failure(limit), seconds=child.seconds)
         scalars = _scalars(folder)
@@ -408,16 +410,20 @@ class Check:
                 problems.append(f"no {prefix}* metric logged")
             elif not all(math.isfinite(value) for tag in tags for value in scalars[tag].values()):
                 problems.append(f"a non-finite {prefix}* metric")
-        probe = [line for line in child.output.splitlines() if line.startswith(PROBE)]
+        probe = [line.split(PROBE, 1)[1].strip() for line in child.output.splitlines() if PROBE in line]
         if not probe:
             problems.append("the data probe did not report")
+        elif self.cuda and "images on cuda" not in probe[0]:
+            problems.append(f"training images not on the GPU ({probe[0]})")
+        elif f"precision {precision}," not in probe[0]:
+            problems.append(f"precision {precision} asked for, the fit ran with: {probe[0]}")
         if problems:
             return Row(name, f"FAILED: {'; '.join(problems)}", seconds=child.seconds)
         first, last = (losses[step] for step in (min(losses), max(losses)))
         test_acc = scalars.get("test/acc", {})
         accuracy = f", test/acc {list(test_acc.values())[-1]:.3f}" if test_acc else ""
         return Row(name, "ok", f"{steps} steps, train/loss {first:.3f} -> {last:.3f} (all finite), {len(scalars)} "
-                   f"metrics{accuracy}; {probe[0][len(PROBE):].strip()}", child.seconds)
+                   f"metrics{accuracy}; {probe[0]}", child.seconds)
 
     def ddp(self) -> list[Row]:
         rows = []
@@ -440,7 +446,8 @@ class Check:
                 extra.append(f"--data.init_args.train_subset={self.sizes.fit_subset}")
             command = self.fit_command("cifar10/ce.yaml", ["ddp.yaml"], self.sizes.ddp_steps, extra)
             child = run_many([(command, folder, self.logs / f"ddp-{processes}.log")], limit, 1)[0]
-            rows.append(guarded(name, lambda: self.fit_row(name, self.sizes.ddp_steps, folder, child, limit)))
+            rows.append(guarded(name, lambda: self.fit_row(name, self.sizes.ddp_steps, "32-true", folder, child,
+                                                            limit)))
         return rows
 
     # ----------------------------------------------------------------------------- part 3: the 64k estimate
@@ -459,6 +466,8 @@ class Check:
         child = run_many([(command, folder, self.logs / "estimate.log")], limit, 1)[0]
         if not child.ok:
             return Row(name, child.failure(limit), seconds=child.seconds)
+        if not all(math.isfinite(value) for value in _scalars(folder).get("train/loss", {}).values()):
+            return Row(name, "FAILED: a non-finite train/loss", seconds=child.seconds)
         times = _wall_times(folder, "train/loss")
         window = [(step, wall) for step, wall in times if step >= self.sizes.estimate_skip_steps]
         if len(window) < 2:
