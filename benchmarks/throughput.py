@@ -51,7 +51,6 @@ from lsl.cli import tune_host_allocator
 from lsl.data import InMemorySource, NoisyDataset, random_crop_flip
 from lsl.models import SmallCNN, resnet32
 
-BATCH_SIZE = 128
 DEFAULT_STEPS = {"resnet32": {"cpu": 40, "cuda": 1000}, "smallcnn": {"cpu": 400, "cuda": 2000}}
 
 
@@ -123,9 +122,9 @@ class Run:
     @classmethod
     def timed(cls, seconds: float, args, clock: NetworkClock | None) -> Run:
         if clock is None:
-            return cls(args.steps * BATCH_SIZE / seconds)
+            return cls(args.steps * args.batch_size / seconds)
         network_ms = 1000 * clock.seconds / args.steps
-        return cls(args.steps * BATCH_SIZE / seconds, network_ms, 1000 * seconds / args.steps - network_ms)
+        return cls(args.steps * args.batch_size / seconds, network_ms, 1000 * seconds / args.steps - network_ms)
 
 
 class StepTimer(pl.Callback):
@@ -169,7 +168,7 @@ def lsl_path(workload: str, source: RandomImages, args, device: torch.device) ->
     backbone = WORKLOADS[workload][0]
     model = Classifier(backbone=backbone, loss=CrossEntropy(), optimizer=optimizer, scheduler=None,
                        channels_last=args.channels_last, compile=args.compile)
-    data = NoisyLabelDataModule(dataset=source, val_fraction=0.0, batch_size=BATCH_SIZE,
+    data = NoisyLabelDataModule(dataset=source, val_fraction=0.0, batch_size=args.batch_size,
                                 artifact_dir=str(args.workdir / "artifacts"))
     return _timed_fit(model, model.network, args, device, TensorBoardLogger(args.workdir / "logs", name=workload),
                       datamodule=data)
@@ -221,10 +220,10 @@ def hand_path(workload: str, source: RandomImages, args, device: torch.device) -
             start = time.perf_counter()
             if clock is not None:
                 clock.seconds = 0.0
-        if cursor + BATCH_SIZE > len(order):
+        if cursor + args.batch_size > len(order):
             order, cursor = torch.randperm(len(labels), device=device), 0
-        batch = order[cursor:cursor + BATCH_SIZE]
-        cursor += BATCH_SIZE
+        batch = order[cursor:cursor + args.batch_size]
+        cursor += args.batch_size
         x = _augment_and_normalise(images[batch], source, mean, std, args)
         with autocast:
             logits = network(x)
@@ -257,7 +256,7 @@ class MinimalModule(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         images, labels = self.source.load(train=True)
         samples = NoisyDataset(images, labels, labels, np.arange(len(labels))).to(self.device)
-        return DataLoader(samples, batch_size=BATCH_SIZE, shuffle=True, collate_fn=lambda batch: batch)
+        return DataLoader(samples, batch_size=self.args.batch_size, shuffle=True, collate_fn=lambda batch: batch)
 
 
 def minimal_lightning_path(workload: str, source: RandomImages, args, device: torch.device) -> Run:
@@ -274,6 +273,8 @@ def main() -> None:
                         help="timed steps per run (default: about 10 s of work, see DEFAULT_STEPS)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 CPU, 50 GPU)")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs per model")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step (the recipes use 128; "
+                        "smaller only to keep a smoke run short)")
     parser.add_argument("--images", type=int, default=50_000, help="training images in memory")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
@@ -295,7 +296,7 @@ def main() -> None:
     else:
         print(torch.cuda.get_device_name(device))
     print(f"torch {torch.__version__}, lightning {pl.__version__}, precision {args.precision}, "
-          f"channels_last {args.channels_last}, compile {args.compile}, batch {BATCH_SIZE}, "
+          f"channels_last {args.channels_last}, compile {args.compile}, batch {args.batch_size}, "
           f"allocator {'tuned' if tuned else 'glibc defaults'}")
 
     paths = {name: run for name, run in PATHS.items() if name in args.paths.split(",")}

@@ -226,7 +226,8 @@ class TensorBoardViews(pl.Callback):
             return
         outputs = pl_module.all_gather(torch.cat(self._test_outputs, dim=1))
         self._test_outputs = []
-        if trainer.world_size > 1:
+        if outputs.dim() == 3:
+            # DDP stacks one [3, N] block per rank, also when it runs a single process; other strategies do not.
             outputs = outputs.transpose(0, 1).flatten(1)
         if not trainer.is_global_zero:
             return
