@@ -109,8 +109,13 @@ def estimate_transition_matrix(
         renormalised) and the anchors' row indices ``[K]``.
     """
     anchors = anchor_points(probabilities, percentile)
+    return rows_at(probabilities, anchors), anchors
+
+
+def rows_at(probabilities: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """The estimate of T from its anchors: row i is the float64 output at class i's anchor, renormalised."""
     rows = np.asarray(probabilities, dtype=np.float64)[anchors]
-    return rows / rows.sum(axis=1, keepdims=True), anchors
+    return rows / rows.sum(axis=1, keepdims=True)
 
 
 def estimation_error(estimated: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -302,8 +307,7 @@ def estimate_t_command(argv: list[str]) -> None:
     _check_same_labels(model, datamodule, options)
     probabilities, indices = predict_probabilities(model, datamodule, dataset, device)
     anchors, fallback = find_anchors(probabilities, options.percentile)
-    rows = probabilities.astype(np.float64)[anchors]
-    matrix = validate_transition_matrix(rows / rows.sum(axis=1, keepdims=True), datamodule.num_classes,
+    matrix = validate_transition_matrix(rows_at(probabilities, anchors), datamodule.num_classes,
                                         source="the estimated transition matrix")
     sidecar = _sidecar(options, config, datamodule, model, matrix, indices[anchors], len(indices))
     if fallback:
