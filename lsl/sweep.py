@@ -792,13 +792,13 @@ def sweep_command(argv: list[str], out=None) -> int:
 
 def _list_runs(sweep: Sweep, runs: list[Run], out) -> None:
     """One line per run, each flushed: ``lsl sweep --dry-run | head`` stops the listing at the first line."""
-    stale = [run for run in runs if run.stale]
-    done = sum(run.done for run in runs if run not in stale)
+    stale = {id(run) for run in runs if run.stale}  # each `stale` reads the run's records: once per run
+    done = sum(run.done for run in runs if id(run) not in stale)
     print(f"sweep {sweep.name}: {len(runs)} runs ({done} done"
           + (f", {len(stale)} stale: --rerun-stale or --accept-stale" if stale else "") + "), "
           f"{len(runs) // max(len(sweep.stages), 1)} grid points x {len(sweep.stages)} stage(s)", file=out, flush=True)
     for run in runs:
-        state = ("stale" if run in stale else "done" if run.done else "failed" if run.failed
+        state = ("stale" if id(run) in stale else "done" if run.done else "failed" if run.failed
                  else "resume" if run.last_checkpoint.is_file() else "todo")
         after = f"  (after {run.teacher.name})" if run.teacher else ""
         print(f"  {state:6s} {run.name}{after}", file=out, flush=True)
