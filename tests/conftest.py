@@ -1,10 +1,13 @@
-"""Tiny datasets written in the exact on-disk formats that lsl reads, and paths to the real data."""
+"""Helpers shared by the test files: running ``lsl`` (console script and in process), reading a run's scalars,
+tiny datasets written in the exact on-disk formats that lsl reads, and paths to the real data."""
 
 from __future__ import annotations
 
 import gzip
 import pickle
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +16,44 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+QUICKSTART = str(CONFIGS / "quickstart.yaml")
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def lsl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the installed console script, as a user would."""
+    script = Path(sys.executable).with_name("lsl")
+    return subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar TensorBoard holds for a run folder, by tag, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def assert_clean_failure(exit_code: int, stderr: str, *fragments: str) -> None:
+    """A user's mistake: exit status 2, one ``lsl: error:`` line naming ``fragments``, no traceback."""
+    assert exit_code == 2, stderr
+    assert "lsl: error:" in stderr and "Traceback" not in stderr, stderr
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+
+
+def run_main(args: list[str]) -> int:
+    """``lsl ARGS`` in this process; its exit status."""
+    from lsl.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
 
 
 def _cifar_pixels(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:

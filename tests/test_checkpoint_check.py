@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import flip_bytes_in_the_weights
-from test_cli import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
+from conftest import QUICKSTART, QUIET, assert_clean_failure, flip_bytes_in_the_weights, run_main, scalars
 
 from lsl.checkpoint_check import differences, hpc_checkpoint, read_checkpoint
 from lsl.errors import ConfigError

@@ -10,41 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_cifar10, write_cifar100
+from conftest import CONFIGS, QUICKSTART, QUIET, assert_clean_failure, lsl, run_main, scalars, write_cifar10, write_cifar100
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lsl import Classifier, ForwardCorrection
-from lsl.cli import main
 from lsl.noise import SymmetricNoise
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-QUICKSTART = str(CONFIGS / "quickstart.yaml")
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 CLASSIFIER_METRICS = {
     "train/loss", "train/lr", "train/acc_noisy", "train/acc_clean", "train/memorised", "train/corrected",
     "train/logit_norm", "val/loss", "val/acc_noisy", "val/acc_clean", "val/nll", "val/logit_norm",
     "test/acc", "test/nll", "test/ece", "test/logit_norm",
 }
-
-
-def lsl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the installed console script, as a user would."""
-    script = Path(sys.executable).with_name("lsl")
-    return subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def assert_clean_failure(exit_code: int, stderr: str, *fragments: str) -> None:
-    assert exit_code == 2, stderr
-    assert "lsl: error:" in stderr and "Traceback" not in stderr, stderr
-    for fragment in fragments:
-        assert fragment in stderr, stderr
 
 
 # ------------------------------------------------------------------------------------- the console script
@@ -118,14 +94,6 @@ def test_a_paper_config_downloads_missing_data_and_says_where_to_put_it_when_it_
 
 
 # ------------------------------------------------------------------------------ every config, in process
-
-
-def run_main(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exit:
-        return exit.code or 0
-    return 0
 
 
 # Sweep files are not `lsl fit` configs: test_sweep.py parses every run they expand to.

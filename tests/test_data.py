@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import FASHION_MNIST_DEBIAN, write_cifar10, write_fashion_mnist
+from conftest import FASHION_MNIST_DEBIAN, write_fashion_mnist
 
 from lsl.data import (
     CIFAR10,

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
+from conftest import QUICKSTART, QUIET, assert_clean_failure, lsl, run_main, scalars
 from torch.testing import assert_close
 
 from lsl import TeacherStudentModule
@@ -307,7 +308,6 @@ def test_student_round_trips_through_load_from_checkpoint_and_names_its_teacher(
 
 
 def test_two_stage_pipeline_through_the_console_script(tmp_path):
-    from test_cli import QUICKSTART, QUIET, lsl, scalars
 
     teacher = lsl("fit", "--config", QUICKSTART, "--trainer.max_epochs=2", *QUIET, cwd=tmp_path)
     assert teacher.returncode == 0, teacher.stderr[-3000:]
@@ -333,7 +333,6 @@ def test_two_stage_pipeline_through_the_console_script(tmp_path):
 
 
 def test_cli_rejects_a_missing_or_mismatched_teacher_cleanly(teacher_run, tmp_path, monkeypatch, capsys):
-    from test_cli import QUIET, assert_clean_failure, run_main
 
     monkeypatch.chdir(tmp_path)
     missing = run_main(["fit", "-c", QUICKSTART_DISTILL, *QUIET, "--model.teacher_checkpoint", "no/such.ckpt"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_cli import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
+from conftest import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
 
 from lsl import Classifier, ConfigError, ForwardCorrection
 from lsl.distill import file_sha256

@@ -7,11 +7,9 @@ so that cross-entropy memorises (see their header); these tests train the CE and
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from conftest import FASHION_MNIST_DEBIAN
-from test_cli import CONFIGS, QUIET, lsl, scalars
+from conftest import CONFIGS, FASHION_MNIST_DEBIAN, QUIET, lsl, scalars
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FASHION_MNIST_DEBIAN, SHARED
-from test_cli import CONFIGS, QUIET, lsl, scalars
+from conftest import CONFIGS, FASHION_MNIST_DEBIAN, QUIET, SHARED, lsl, scalars
 
 from lsl.data import CIFAR10, NoisyLabelDataModule
 from lsl.noise import HumanNoise, realised_flip_rate

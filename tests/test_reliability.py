@@ -20,8 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import write_cifar10, write_fashion_mnist
-from test_cli import run_main
+from conftest import run_main, write_cifar10, write_fashion_mnist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_cli import QUICKSTART, run_main
+from conftest import QUICKSTART, run_main
 from torch.utils.tensorboard import SummaryWriter
 
 from lsl.diagnostics import TOP_CLASS_SHARE

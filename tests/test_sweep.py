@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli import CONFIGS, QUICKSTART, QUIET, run_main, scalars
+from conftest import CONFIGS, QUICKSTART, QUIET, run_main, scalars
 
 import lsl.sweep
 from lsl.errors import ConfigError

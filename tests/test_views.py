@@ -10,7 +10,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-from test_cli import QUICKSTART, QUIET, run_main, scalars
+from conftest import QUICKSTART, QUIET, run_main, scalars
 
 from lsl import ConfigError
 from lsl.noise import SymmetricNoise
