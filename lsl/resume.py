@@ -8,10 +8,8 @@ metrics the uninterrupted run would have had (CPU, ``deterministic: true``, epoc
 from __future__ import annotations
 
 import errno
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lsl.errors import ConfigError, error_behind, warn
+from lsl.files import write_atomically
 
 _VERSION = re.compile(r"^version_(\d+)$")
 
@@ -49,16 +48,9 @@ def save_atomically(content: Any, path: str | Path) -> None:
     any moment) sees either the previous complete file or the new complete one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(content, file)
-            file.flush()
-            os.fsync(file.fileno())  # else a node crash right after the rename can leave an empty file
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; Lightning's own writer leaves it readable
-        os.replace(temporary, path)
+        write_atomically([(path, lambda file: torch.save(content, file))])
     except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
         full = error_behind(error, _is_disk_full)
         if full is not None:
             raise ConfigError(f"could not write {str(path)!r}: {full.strerror}; the previous file there is "
