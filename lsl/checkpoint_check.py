@@ -113,3 +113,21 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], path: str | Path, model
     fix = f"run with its own config (--config {own_config})" if own_config.is_file() else "run with its own config"
     raise ConfigError(f"checkpoint {str(path)!r} does not match this config ({shown}): {fix}, or pass "
                       "--allow_changed_hparams=true to use the config's values with its weights")
+
+
+# What makes two runs' training labels the same: the noise spec may be spelled differently (a path moved) and
+# still give these labels, so a teacher or an estimate-t checkpoint is compared on these keys alone.
+TRAINING_LABEL_KEYS = ("dataset", "num_classes", "noisy_labels_sha256")
+
+
+def training_label_differences(recorded: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """``key: A recorded, B now`` for each of :data:`TRAINING_LABEL_KEYS` on which two data fingerprints
+    (``NoisyLabelDataModule.fingerprint()``, as a checkpoint records it) differ; empty when the training
+    labels are the same."""
+    return [f"{key}: {_short(recorded.get(key))} recorded, {_short(ours.get(key))} now"
+            for key in TRAINING_LABEL_KEYS if recorded.get(key) != ours.get(key)]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text[:19] + "...'" if isinstance(value, str) and len(value) == 64 else text  # a sha256 in full is noise
