@@ -1,4 +1,4 @@
-from lsl.cli import main
+from lsl.commands import main
 
 if __name__ == "__main__":
     main()

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import os
-import platform
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +21,18 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
 
+from lsl.allocator import tune_host_allocator  # noqa: F401 - lsl.cli.tune_host_allocator, as the README names it
 from lsl.checkpoint_check import SPECIAL_PATHS, check_checkpoint_matches, hpc_checkpoint, read_checkpoint
+from lsl.commands import main, parser_error_line  # noqa: F401 - lsl.cli.main: the entry point before lsl.commands
 from lsl.data import NoisyLabelDataModule
 from lsl.divergence import DivergenceGuard
-from lsl.errors import ConfigError, error_behind
-from lsl.estimate import estimate_t_command
+from lsl.errors import ConfigError
 from lsl.module import Classifier
-from lsl.report import report_command
 from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, check_resume_trained, continue_last_run,
                         newest_run_with_last_checkpoint, use_atomic_checkpoints)
-from lsl.sweep import sweep_command
 from lsl.views import TensorBoardViews
 
 
@@ -243,27 +238,6 @@ DESCRIPTION = ("lsl: label smoothing under label noise. The Trainer subcommands 
                "--out T.npy` estimates the noise transition matrix from a checkpoint.")
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
-_LARGEST_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
-
-
-def tune_host_allocator() -> bool:
-    """Keep freed tensor memory in the process heap instead of handing it back to the kernel (glibc only).
-
-    By default glibc serves large allocations with fresh ``mmap`` pages and trims the heap's top when it
-    frees, so a CPU training step, which frees and reallocates the same activation buffers every step,
-    page-faults on each of their 4 KiB pages again: 600 to 5,500 faults per step of the small CNN, about 10%
-    of its step time (docs/benchmarks.md). Fixed thresholds (up to 32 MiB from the heap, trim only past
-    2 GiB free) keep those buffers mapped; the price is that the process can hold on to freed memory until
-    it exits. Returns False, and changes nothing, where the C library is not glibc.
-    """
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_MMAP_THRESHOLD)
-                and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
 # How `lsl` builds its LightningCLI; the sweep's config check parses with exactly the same parser.
 CLI_OPTIONS = {
     "subclass_mode_model": True,
@@ -275,43 +249,6 @@ CLI_OPTIONS = {
     # Parse errors are raised, not printed with the usage text, so that they become one `lsl: error:` line.
     "parser_kwargs": {"description": DESCRIPTION, "exit_on_error": False},
 }
-
-
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lsl`` console script and ``python -m lsl``; exits 2 on bad input."""
-    argv = sys.argv[1:] if args is None else list(args)
-    tune_host_allocator()
-    try:
-        # Not Trainer subcommands, so LightningCLI cannot parse them.
-        if argv[:1] == ["estimate-t"]:
-            estimate_t_command(argv[1:])
-            return
-        if argv[:1] == ["sweep"]:
-            status = sweep_command(argv[1:])
-            if status:
-                sys.exit(status)
-            return
-        if argv[:1] == ["report"]:
-            report_command(argv[1:])
-            return
-        check_config_files(argv)
-        LSLCLI(Classifier, NoisyLabelDataModule, **CLI_OPTIONS, args=args)
-    except argparse.ArgumentError as error:  # the parser's own message, on one line, without the usage dump
-        print(f"lsl: error: {_parser_error_line(str(error))} (`lsl {' '.join(argv[:1])} --help` lists the options)",
-              file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:
-        # The reader went away (`lsl sweep --dry-run | head`): no traceback; the shell's status for SIGPIPE.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
-    except Exception as error:
-        # Lightning's MisconfigurationException is its word for a bad Trainer argument (an accelerator this
-        # machine lacks, accumulate_grad_batches 0): the user's to fix, like a ConfigError.
-        config_error = error_behind(error, lambda cause: isinstance(cause, (ConfigError, MisconfigurationException)))
-        if config_error is None:
-            raise
-        print(f"lsl: error: {config_error}", file=sys.stderr)
-        sys.exit(2)
 
 
 def check_config_files(argv: list[str]) -> None:
@@ -377,7 +314,7 @@ def fit_config_checker():
         except _Parsed as parsed:
             cli = parsed.cli
         except (argparse.ArgumentError, SystemExit) as error:
-            raise ConfigError(_parser_error_line(str(error))) from None
+            raise ConfigError(parser_error_line(str(error))) from None
 
     return check
 
@@ -386,17 +323,3 @@ def check_fit_config(config_files: list[str]) -> None:
     """Parses ``lsl fit --config F1 --config F2 ...`` without running or instantiating anything; a key or value
     that ``lsl fit`` rejects is a ConfigError naming it."""
     fit_config_checker()(config_files)
-
-
-_PARSER_NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value",
-                 "Problem with given class_path", "Expected a <class 'NoneType'>")
-
-
-def _parser_error_line(message: str) -> str:
-    """jsonargparse's nested, multi-line error as one line: the innermost reasons (``Option 'los' is not
-    accepted``), each prefixed with the path of parser keys that leads to it (``model: ``)."""
-    lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines()]
-    reasons = [line for line in lines if line and not line.startswith(_PARSER_NOISE)]
-    keys = [line.split('"')[1] for line in lines if line.startswith('Parser key "') and line.count('"') >= 2]
-    text = "; ".join(dict.fromkeys(reasons)) or " ".join(line for line in lines if line)
-    return (".".join(keys) + ": " if keys else "") + text
