@@ -1,0 +1,94 @@
+"""The report's tables: Markdown (mean +- std over seeds, and the lists of runs left out or marked) and CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from lsl.diagnostics import COLLAPSE_SHARE
+from lsl.report.runs import BEST_METRICS, LAST_METRICS, GroupSummary, RunResult
+
+DESCRIPTION_COLUMNS = ["stage", "dataset", "noise", "rate", "teacher", "method", "alpha"]
+
+
+def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[RunResult] = ()) -> str:
+    """The last-epoch and best-validation-epoch tables, mean +- std over seeds (accuracies and shares in %), and
+    the lists of failed, collapsed, and ``left_out`` (stale or unreadable) runs."""
+    columns = [column for column in DESCRIPTION_COLUMNS if any(_shown(s.description.get(column)) for s in summaries)]
+    lines = [f"# {title}", ""]
+    for heading, metrics in (("Last epoch", LAST_METRICS), ("Best noisy-validation epoch", BEST_METRICS)):
+        names = [_heading(column) for column, *_ in metrics]
+        lines += [f"## {heading}", "", "| " + " | ".join(columns + ["runs"] + names) + " |",
+                  "|" + "---|" * (len(columns) + 1 + len(names))]
+        for summary in summaries:
+            cells = [_cell(summary.description.get(column)) for column in columns]
+            notes = ([f"{len(summary.collapsed)} collapsed"] if summary.collapsed else []) + (
+                [f"{len(summary.failed)} failed"] if summary.failed else [])
+            cells.append(f"{len(summary.finished)}" + (f" ({', '.join(notes)})" if notes else ""))
+            cells += [_mean_std(summary, column, scale, decimals) for column, _, scale, decimals in metrics]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    failures = [run for summary in summaries for run in summary.failed]
+    if failures:
+        lines += ["## Failed runs", ""] + [f"- `{run.directory}`: {run.error}" for run in failures] + [""]
+    collapses = [run for summary in summaries for run in summary.collapsed]
+    if collapses:
+        lines += ["## Collapsed runs", "",
+                  f"In the means above, but most of their test predictions went to one class (at least "
+                  f"{COLLAPSE_SHARE:.0%}): their accuracy is about chance, not a property of the method.", ""]
+        lines += [f"- `{run.directory}`: top class share {run.top_class_share:.1%}" for run in collapses] + [""]
+    stale = [run for run in left_out if run.stale is not None]
+    if stale:
+        lines += ["## Stale runs", "", "Left out of the tables: run them again with `lsl sweep --config SWEEP.yaml "
+                  "--rerun-stale`, or keep them with `--accept-stale`.", ""]
+        lines += [f"- `{run.directory}`: {run.stale}" for run in stale] + [""]
+    unreadable = [run for run in left_out if run.stale is None and run.unreadable is not None]
+    if unreadable:
+        lines += ["## Unreadable runs", "", "Finished, but left out of the tables: their numbers cannot be read.", ""]
+        lines += [f"- `{run.directory}`: {run.unreadable}" for run in unreadable] + [""]
+    lines += ["acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
+              "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
+              "label, over the epoch's augmented batches. Mean +- sample std over seeds.", ""]
+    return "\n".join(lines)
+
+
+def _heading(column: str) -> str:
+    return column.replace("best_", "")
+
+
+def _shown(value: Any) -> bool:
+    return value not in (None, "", "none")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _mean_std(summary: GroupSummary, metric: str, scale: float, decimals: int) -> str:
+    mean = summary.mean(metric)
+    if mean is None:
+        return "n/a"
+    std = summary.std(metric)
+    text = f"{mean * scale:.{decimals}f}"
+    return text if std is None else f"{text} +- {std * scale:.{decimals}f}"
+
+
+def write_csv(summaries: list[GroupSummary], path: Path) -> None:
+    metrics = [column for column, *_ in LAST_METRICS + BEST_METRICS]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(DESCRIPTION_COLUMNS + ["runs", "failed"]
+                        + [f"{metric}_{stat}" for metric in metrics for stat in ("mean", "std")] + ["collapsed"])
+        for summary in summaries:
+            row = [_cell(summary.description.get(column)) for column in DESCRIPTION_COLUMNS]
+            row += [len(summary.finished), len(summary.failed)]
+            for metric in metrics:
+                row += [_csv_number(summary.mean(metric)), _csv_number(summary.std(metric))]
+            writer.writerow(row + [len(summary.collapsed)])
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None else repr(value)
