@@ -169,6 +169,17 @@ def test_a_student_group_names_its_teacher(tmp_path: Path) -> None:
     assert "| teacher | FashionMNIST | SymmetricNoise | 0.4 |  | LS | 0.4 | 1 | 60.00 |" in table
 
 
+def test_out_puts_the_report_elsewhere_and_a_config_file_may_give_the_options(sweep_dir: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    assert run_main(["report", str(sweep_dir), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert f"-> {tmp_path / 'elsewhere'}/results.md" in capsys.readouterr().out
+    assert (tmp_path / "elsewhere" / "results.md").is_file() and not (sweep_dir / "report").exists()
+
+    (tmp_path / "report.yaml").write_text(yaml.safe_dump({"sweep_dir": str(sweep_dir), "out": str(tmp_path / "from_file")}))
+    assert run_main(["report", "--config", str(tmp_path / "report.yaml")]) == 0
+    assert (tmp_path / "from_file" / "results.csv").is_file()
+
+
 def test_a_folder_without_finished_runs_exits_2(tmp_path: Path, capsys) -> None:
     assert run_main(["report", str(tmp_path)]) == 2
     assert "no finished runs under" in capsys.readouterr().err
