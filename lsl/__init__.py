@@ -32,6 +32,12 @@ __all__ = sorted(_HOME)
 def __getattr__(name: str) -> Any:
     module = _HOME.get(name)
     if module is None:
+        # A submodule (`import lsl; lsl.noise.SymmetricNoise`), which the eager imports used to load.
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
         raise AttributeError(f"module 'lsl' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # the next access is a plain lookup

@@ -97,6 +97,15 @@ def test_every_public_name_of_lsl_is_the_one_its_module_defines() -> None:
         lsl.Clasifier  # noqa: B018
 
 
+def test_a_submodule_is_an_attribute_of_lsl_without_its_own_import() -> None:
+    code = """
+import lsl
+assert lsl.noise.SymmetricNoise.__module__ == "lsl.noise"
+assert lsl.report.describe.__module__ == "lsl.report.describe"  # a subpackage too
+"""
+    assert heavy_modules_after(code) == []
+
+
 # -------------------------------------------------------------- lsl's own subcommands, parsed by jsonargparse
 
 
