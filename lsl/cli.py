@@ -178,11 +178,8 @@ class LSLCLI(LightningCLI):
         best = _best_checkpoint(self.trainer)
         if best is not None:
             # Early stopping on the noisy validation split, the honest alternative to the best test epoch.
-            self.model.test_prefix = "test_best/"
-            try:
+            with self.model.testing_as("test_best/"):
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=True)
-            finally:
-                self.model.test_prefix = "test/"
 
 
 def check_fit_limits(trainer: Any) -> None:
