@@ -33,8 +33,9 @@ from lsl.data import Batch, NoisyLabelDataModule
 from lsl.distill import file_sha256
 from lsl.checkpoint_check import read_checkpoint
 from lsl.errors import ConfigError, warn
+from lsl.files import new_temporary_file as write_new_file
 from lsl.losses import CrossEntropy
-from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix, write_new_file
+from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix
 
 DEFAULT_PERCENTILE = 97.0
 SIDECAR_FORMAT = 1
