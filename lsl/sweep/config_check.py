@@ -20,7 +20,7 @@ def check_configs(sweep: Sweep, runs: list[Run]) -> None:
     naming the key in the sweep file, before any run starts. Every combination of the non-seed grid values is
     parsed, and every seed value that is not an integer (a parse takes up to half a second; runs that differ
     only in an integer seed parse alike)."""
-    # Imports Lightning: a few seconds, once per sweep.
+    # Imports Lightning: here, once the options are parsed, not at module level (`lsl sweep --help` needs none).
     from lsl.cli import fit_config_checker
 
     check = fit_config_checker()
