@@ -249,8 +249,7 @@ def tune_host_allocator() -> bool:
 
     By default glibc serves large allocations with fresh ``mmap`` pages and trims the heap's top when it
     frees, so a CPU training step, which frees and reallocates the same activation buffers every step,
-    page-faults on each of their 4 KiB pages again: 600 to 5,500 faults per step of the small CNN, about 10%
-    of its step time (docs/benchmarks.md). Fixed thresholds (up to 32 MiB from the heap, trim only past
+    page-faults on each of their 4 KiB pages again, every step (measured in docs/speed.md). Fixed thresholds (up to 32 MiB from the heap, trim only past
     2 GiB free) keep those buffers mapped; the price is that the process can hold on to freed memory until
     it exits. Returns False, and changes nothing, where the C library is not glibc.
     """
@@ -355,7 +354,7 @@ class _ParseOnlyCLI(LSLCLI):
 def fit_config_checker():
     """A function ``check(config_files)`` that parses ``lsl fit --config F1 --config F2 ...`` exactly as the
     ``lsl`` command does, instantiating nothing, and raises ConfigError (one line) for a key or value
-    ``lsl fit`` rejects. The parser is built on the first call and reused (a parse then takes milliseconds)."""
+    ``lsl fit`` rejects. The parser is built on the first call and reused: building it is the costly part."""
     import warnings
 
     cli: LSLCLI | None = None

@@ -42,8 +42,8 @@ class NoisyTrainingMetrics(Metric):
 
     Over every sample seen: ``acc_noisy`` and ``acc_clean`` (prediction equals the noisy / the true label);
     over the mislabelled ones, ``memorised`` and ``corrected`` (the same, NaN when none was seen); and
-    ``logit_norm``, the mean L2 norm of the logits. ``update`` only queues each batch (no tensor op: twelve
-    small ops there took 0.28 ms of a small CNN's 30 ms CPU step); every ``chunk`` batches, and before a
+    ``logit_norm``, the mean L2 norm of the logits. ``update`` only queues each batch (no tensor op: small
+    per-batch ops are a visible share of a small CNN's CPU step); every ``chunk`` batches, and before a
     DDP sync or ``compute``, the queue is reduced to predictions and logit norms in two ops.
 
     Until ``compute`` (once per epoch) the metric keeps 28 bytes per sample seen, on the logits' device.
