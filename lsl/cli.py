@@ -143,7 +143,7 @@ class LSLCLI(LightningCLI):
         if self._checkpoint is None:
             return
         path, checkpoint = self._checkpoint
-        fingerprint = getattr(self.datamodule, "fingerprint", None)
+        fingerprint = self.datamodule.fingerprint if isinstance(self.datamodule, NoisyLabelDataModule) else None
         check_checkpoint_matches(checkpoint, path, self.model, fingerprint,
                                  may_differ=self.config[self.subcommand].allow_changed_hparams)
         self._resumed_step = checkpoint.get("global_step")
