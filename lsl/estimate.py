@@ -30,7 +30,7 @@ from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader, Dataset
 
 from lsl.data import Batch, NoisyLabelDataModule
-from lsl.distill import file_sha256
+from lsl.files import file_sha256
 from lsl.checkpoint_check import read_checkpoint
 from lsl.errors import ConfigError, warn
 from lsl.files import new_temporary_file as write_new_file

@@ -11,7 +11,7 @@ import yaml
 from conftest import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
 
 from lsl import Classifier, ConfigError, ForwardCorrection
-from lsl.distill import file_sha256
+from lsl.files import file_sha256
 from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error
 from lsl.noise import PairFlipNoise, SymmetricNoise, validate_transition_matrix
 
