@@ -73,8 +73,9 @@ def main() -> None:
         trainer.save_checkpoint(artifacts / "teacher.ckpt")
 
         def student(cache: bool) -> TeacherStudentModule:
-            return TeacherStudentModule(str(artifacts / "teacher.ckpt"), backbone=network, num_classes=10,
-                                        optimizer=optimizer, scheduler=None, cache_teacher_logits=cache)
+            return TeacherStudentModule(teacher_checkpoint=str(artifacts / "teacher.ckpt"), backbone=network,
+                                        num_classes=10, optimizer=optimizer, scheduler=None,
+                                        cache_teacher_logits=cache)
 
         runs = {"classifier": lambda: Classifier(backbone=network, num_classes=10, optimizer=optimizer, scheduler=None),
                 "student, cached teacher": lambda: student(True),

@@ -14,7 +14,7 @@ def tune_host_allocator() -> bool:
 
     By default glibc serves large allocations with fresh ``mmap`` pages and trims the heap's top when it
     frees, so a CPU training step, which frees and reallocates the same activation buffers every step,
-    page-faults on each of their pages again (docs/benchmarks.md has the cost). Fixed thresholds (up to
+    page-faults on each of their pages again (docs/speed.md measures it). Fixed thresholds (up to
     32 MiB from the heap, trim only past 2 GiB free) keep those buffers mapped; the price is that the
     process can hold on to freed memory until it exits. Returns False, and changes nothing, where the C
     library is not glibc.

@@ -138,7 +138,7 @@ class LSLCLI(LightningCLI):
         if self._checkpoint is None:
             return
         path, checkpoint = self._checkpoint
-        fingerprint = getattr(self.datamodule, "fingerprint", None)
+        fingerprint = self.datamodule.fingerprint if isinstance(self.datamodule, NoisyLabelDataModule) else None
         check_checkpoint_matches(checkpoint, path, self.model, fingerprint,
                                  may_differ=self.config[self.subcommand].allow_changed_hparams)
         self._resumed_step = checkpoint.get("global_step")
@@ -173,11 +173,8 @@ class LSLCLI(LightningCLI):
         best = _best_checkpoint(self.trainer)
         if best is not None:
             # Early stopping on the noisy validation split, the honest alternative to the best test epoch.
-            self.model.test_prefix = "test_best/"
-            try:
+            with self.model.testing_as("test_best/"):
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=True)
-            finally:
-                self.model.test_prefix = "test/"
 
 
 def check_fit_limits(trainer: Any) -> None:
@@ -295,7 +292,7 @@ class _ParseOnlyCLI(LSLCLI):
 def fit_config_checker():
     """A function ``check(config_files)`` that parses ``lsl fit --config F1 --config F2 ...`` exactly as the
     ``lsl`` command does, instantiating nothing, and raises ConfigError (one line) for a key or value
-    ``lsl fit`` rejects. The parser is built on the first call and reused (a parse then takes milliseconds)."""
+    ``lsl fit`` rejects. The parser is built on the first call and reused: building it is the costly part."""
     import warnings
 
     cli: LSLCLI | None = None

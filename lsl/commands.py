@@ -70,8 +70,7 @@ def run_subcommand(argv: list[str], args: list[str] | None) -> int:
     """Run ``lsl ARGV``; its exit status. ``args`` is what :func:`main` was given (None: ``sys.argv``)."""
     name, rest = argv[0], argv[1:]
     if name == "sweep":
-        # Becomes lsl.sweep.command once lsl/sweep/ is a package: the one line to switch.
-        from lsl.sweep import sweep_command
+        from lsl.sweep.command import sweep_command
 
         return sweep_command(rest)
     if name == "report":

@@ -18,7 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lsl.errors import ConfigError
-from lsl.noise import load_transition_matrix, validate_transition_matrix
+from lsl.noise import (
+    load_transition_matrix,
+    symmetric_transition_matrix,
+    validate_transition_matrix,
+)
 
 # Beyond this condition number T^-1 has entries so large that float32 losses are mostly rounding error.
 MAX_CONDITION_NUMBER = 1e6
@@ -47,11 +51,6 @@ def _check_matrix_size(matrix: Tensor, num_classes: int, what: str) -> None:
             f"{what} is {size}x{size} but the logits have {num_classes} classes: "
             f"give a {num_classes}x{num_classes} matrix"
         )
-
-
-def symmetric_transition_matrix(alpha: float, num_classes: int) -> np.ndarray:
-    """T = (1 - alpha) I + (alpha / K) J: with probability alpha the label is redrawn uniformly (float64)."""
-    return (1.0 - alpha) * np.eye(num_classes) + alpha / num_classes
 
 
 class _LogProbLoss(nn.Module):

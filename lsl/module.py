@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -14,13 +15,14 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
-from lsl.data import Batch
+from lsl.data import Batch, NoisyLabelDataModule
 from lsl.diagnostics import COLLAPSE_SHARE, collapsed
 from lsl.errors import ConfigError, warn
 from lsl.losses import CrossEntropy, TransitionMatrixLoss
 from lsl.models import resnet32
 from lsl.noise import NoiseModel, NoNoise
 
+TEST_PREFIX = "test/"
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -40,8 +42,8 @@ class NoisyTrainingMetrics(Metric):
 
     Over every sample seen: ``acc_noisy`` and ``acc_clean`` (prediction equals the noisy / the true label);
     over the mislabelled ones, ``memorised`` and ``corrected`` (the same, NaN when none was seen); and
-    ``logit_norm``, the mean L2 norm of the logits. ``update`` only queues each batch (no tensor op: twelve
-    small ops there took 0.28 ms of a small CNN's 30 ms CPU step); every ``chunk`` batches, and before a
+    ``logit_norm``, the mean L2 norm of the logits. ``update`` only queues each batch (no tensor op: small
+    per-batch ops are a visible share of a small CNN's CPU step); every ``chunk`` batches, and before a
     DDP sync or ``compute``, the queue is reduced to predictions and logit norms in two ops.
 
     Until ``compute`` (once per epoch) the metric keeps 28 bytes per sample seen, on the logits' device.
@@ -204,7 +206,7 @@ class Classifier(pl.LightningModule):
         self._check_optimizer()
         self._build_metrics(num_classes, ece_bins)
         self.data_fingerprint: dict | None = None  # read back from a checkpoint: see on_save_checkpoint
-        self.test_prefix = "test/"  # `lsl fit` tests the best-validation checkpoint as test_best/
+        self._test_prefix = TEST_PREFIX
 
     def _check_optimizer(self) -> None:
         """Build the optimizer and scheduler once on the fresh parameters, so that a bad value (a negative
@@ -257,33 +259,34 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         logits = self(batch.input)
         loss = self.training_loss(logits, batch)
-        self._update_train_metrics(logits.detach(), batch)
+        self.train_metrics.update(logits.detach(), batch.noisy_target, batch.clean_target)
         if self.writes_step_metrics():
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def writes_step_metrics(self) -> bool:
-        """Whether Lightning writes step metrics to the loggers after this step (every ``log_every_n_steps``).
+        """Whether Lightning writes step metrics to the loggers after this training step: every
+        ``log_every_n_steps`` optimizer steps, and when the fit is stopping (Lightning's own rule).
 
         Per-step values are logged only then: TensorBoard gets exactly the same points, and the other steps skip
-        about 1 ms of Lightning bookkeeping per ``self.log`` call, 5% of a small CNN's step on a CPU.
+        Lightning's per-``self.log`` bookkeeping, which is a noticeable share of a small network's step.
         """
-        connector = getattr(self._trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
+        trainer = self.trainer
+        if not trainer.log_every_n_steps:
+            return False
+        # global_step counts the optimizer steps taken before this one, as Lightning's logging step does.
+        return (trainer.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
 
     def on_train_epoch_end(self) -> None:
-        # Once per epoch rather than a log_dict every step: each self.log call costs Lightning about 0.7 ms of
-        # bookkeeping, 10% of a small CNN's step on a CPU (benchmarks/throughput.py).
+        # Once per epoch rather than a log_dict every step: each self.log call costs Lightning bookkeeping
+        # (benchmarks/throughput.py measures it).
         self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
 
     def training_loss(self, logits: Tensor, batch: Batch) -> Tensor:
         """The loss to minimise on a training batch: the strategy's loss on the noisy labels."""
         return self.loss(logits, batch.noisy_target)
-
-    def _update_train_metrics(self, logits: Tensor, batch: Batch) -> None:
-        self.train_metrics.update(logits, batch.noisy_target, batch.clean_target)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self(batch.input)
@@ -308,6 +311,22 @@ class Classifier(pl.LightningModule):
         self.log_dict({self.test_prefix + name: metric for name, metric in self.test_metrics.items(keep_base=True)},
                       on_epoch=True)
 
+    @property
+    def test_prefix(self) -> str:
+        """The prefix of the logged test metrics: ``test/``, or the one :meth:`testing_as` set."""
+        return self._test_prefix
+
+    @contextlib.contextmanager
+    def testing_as(self, prefix: str) -> Iterator[None]:
+        """Log the test metrics under ``prefix`` (``lsl fit`` tests its best-validation checkpoint as
+        ``test_best/``) inside the ``with`` block; ``test/`` again after it. The TensorBoard views are drawn
+        for ``test/`` only."""
+        self._test_prefix = prefix
+        try:
+            yield
+        finally:
+            self._test_prefix = TEST_PREFIX
+
     def on_test_epoch_end(self) -> None:
         share = self.test_metrics["top_class_share"].compute().item()  # synced, and cached for the log
         if collapsed(share):
@@ -324,8 +343,8 @@ class Classifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Which noisy labels these weights learnt from, so that a distillation student can check its teacher.
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if hasattr(datamodule, "fingerprint"):
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, NoisyLabelDataModule):
             checkpoint["lsl_data"] = datamodule.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

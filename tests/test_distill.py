@@ -18,8 +18,9 @@ from torch.testing import assert_close
 
 from lsl import TeacherStudentModule
 from lsl.data import Batch, Digits, NoisyLabelDataModule
-from lsl.distill import distillation_loss, file_sha256
+from lsl.distill import distillation_loss
 from lsl.errors import ConfigError
+from lsl.files import file_sha256
 from lsl.losses import CrossEntropy, LabelSmoothing
 from lsl.models import SmallCNN
 from lsl.module import Classifier
@@ -222,29 +223,37 @@ def test_cached_and_online_teachers_give_the_same_loss_on_an_unaugmented_batch(t
     assert_close(cached_losses["task_loss"], online_losses["task_loss"], atol=0, rtol=0)
 
 
-def test_cache_is_reused_for_the_same_key_and_rebuilt_for_another_teacher(teacher_run, tmp_path, monkeypatch):
+def test_cache_is_reused_for_the_same_key_and_rebuilt_for_another_teacher(teacher_run, tmp_path):
     path, root = teacher_run
-    calls = []
-    original = TeacherStudentModule._run_teacher
-    monkeypatch.setattr(TeacherStudentModule, "_run_teacher",
-                        lambda self, data, samples: calls.append(len(samples)) or original(self, data, samples))
+    teacher_passes: list[tuple[int, bool]] = []  # (images, teacher in training mode) per teacher forward
 
     def fit(teacher: Path) -> TeacherStudentModule:
         model = student(teacher, cache_teacher_logits=True)
+        model.teacher.model.register_forward_hook(
+            lambda module, inputs, output: teacher_passes.append((len(inputs[0]), module.training)))
         data = digits(root, artifact_dir=tmp_path / "artifacts")  # a cache of its own, not the other tests'
         trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=data)
         return model
 
+    def images_through_the_teacher() -> int:
+        assert not any(training for _, training in teacher_passes)  # un-augmented, in eval mode
+        seen = sum(images for images, _ in teacher_passes)
+        teacher_passes.clear()
+        return seen
+
+    test_size = len(Digits(root=str(root)).load(train=False)[1])
     cache_dir = tmp_path / "artifacts" / "teacher_logits"
     first = fit(path)
     files = sorted(cache_dir.glob("*.pt"))
-    assert len(files) == 1 and calls[0] == first.cached_teacher_logits.shape[0]
-    calls.clear()
+    training_size = first.cached_teacher_logits.shape[0]
+    assert len(files) == 1 and training_size == len(Digits(root=str(root)).load(train=True)[1])
+    # The training set once (for the cache) and the test set once (the teacher's accuracy); no training step.
+    assert images_through_the_teacher() == training_size + test_size
     stamp = files[0].stat().st_mtime_ns
     second = fit(path)
     assert torch.equal(first.cached_teacher_logits, second.cached_teacher_logits)
     assert files[0].stat().st_mtime_ns == stamp
-    assert len(calls) == 1  # only the teacher's test-set accuracy, not the training set
+    assert images_through_the_teacher() == test_size  # only the teacher's test-set accuracy, not the training set
 
     other = tmp_path / "other-teacher.ckpt"
     checkpoint = torch.load(path, weights_only=False)
@@ -253,11 +262,11 @@ def test_cache_is_reused_for_the_same_key_and_rebuilt_for_another_teacher(teache
     torch.save(checkpoint, other)
     fit(other)
     assert len(sorted(cache_dir.glob("*.pt"))) == 2
+    assert images_through_the_teacher() == training_size + test_size
 
     files[0].write_bytes(b"truncated")  # a damaged cache is recomputed, never trusted
-    calls.clear()
     assert torch.equal(fit(path).cached_teacher_logits, first.cached_teacher_logits)
-    assert len(calls) == 2
+    assert images_through_the_teacher() == training_size + test_size
 
 
 # -------------------------------------------------------------------------------- data and checkpoints
@@ -330,6 +339,15 @@ def test_two_stage_pipeline_through_the_console_script(tmp_path):
                *QUIET, cwd=tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
     assert scalars(tmp_path / "logs" / "quickstart_distill" / "version_1")["test/acc"] == logged["test/acc"]
+
+    # The checkpoint alone rebuilds the student, its teacher and its settings: no argument but the file.
+    loaded = TeacherStudentModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert (loaded.temperature, loaded.kd_weight, loaded.hparams.num_classes) == (1.0, 1.0, 10)
+    assert loaded.teacher.sha256 == file_sha256(teacher_checkpoint)
+    assert loaded.recorded_teacher == checkpoint["lsl_teacher"]
+    weights = loaded.state_dict()
+    assert weights.keys() == checkpoint["state_dict"].keys()
+    assert all(torch.equal(weights[name], value) for name, value in checkpoint["state_dict"].items())
 
 
 def test_cli_rejects_a_missing_or_mismatched_teacher_cleanly(teacher_run, tmp_path, monkeypatch, capsys):

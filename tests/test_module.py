@@ -185,7 +185,8 @@ def test_train_metrics_match_hand_computation(data):
     logits, clean, noisy = data
     model = fixed_classifier(logits)
     for start, stop in CHUNKS:
-        model._update_train_metrics(logits[start:stop], hand_batch(logits, clean, noisy, start, stop))
+        batch = hand_batch(logits, clean, noisy, start, stop)
+        model.train_metrics.update(logits[start:stop], batch.noisy_target, batch.clean_target)
     computed = {name: value.item() for name, value in model.train_metrics.compute().items()}
     expected = hand_train_metrics(logits, clean, noisy)
     assert set(computed) == {f"train/{name}" for name in expected}
@@ -333,8 +334,9 @@ def test_batch_without_mislabelled_samples_is_skipped_by_memorisation_metrics(da
     model = fixed_classifier(logits)
     clean_only = torch.tensor([i for i in range(N) if noisy[i] == clean[i]][:8])
     batch = Batch(clean_only, noisy[clean_only], clean[clean_only], clean_only)
-    model._update_train_metrics(logits[:N // 2], hand_batch(logits, clean, noisy, 0, N // 2))
-    model._update_train_metrics(logits[clean_only], batch)
+    half = hand_batch(logits, clean, noisy, 0, N // 2)
+    model.train_metrics.update(logits[:N // 2], half.noisy_target, half.clean_target)
+    model.train_metrics.update(logits[clean_only], batch.noisy_target, batch.clean_target)
     mislabelled = (noisy != clean)[: N // 2]
     prediction = logits[: N // 2].argmax(1)
     expected = (prediction[mislabelled] == noisy[: N // 2][mislabelled]).double().mean().item()
@@ -344,7 +346,8 @@ def test_batch_without_mislabelled_samples_is_skipped_by_memorisation_metrics(da
 def test_memorisation_metrics_are_nan_when_no_sample_was_mislabelled(data):
     logits, clean, _ = data
     model = fixed_classifier(logits)
-    model._update_train_metrics(logits, hand_batch(logits, clean, clean, 0, N))
+    batch = hand_batch(logits, clean, clean, 0, N)
+    model.train_metrics.update(logits, batch.noisy_target, batch.clean_target)
     computed = model.train_metrics.compute()
     assert computed["train/memorised"].isnan() and computed["train/corrected"].isnan()
     accuracy = (logits.argmax(1) == clean).double().mean().item()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -25,6 +26,7 @@ from lsl.noise import (
     load_or_create_noisy_labels,
     realised_flip_rate,
     realised_transition_matrix,
+    symmetric_transition_matrix,
 )
 
 K = 10
@@ -545,16 +547,100 @@ def test_a_read_only_artifact_dir_is_refused_with_the_setting_to_change(clean, t
 
 def test_an_artifact_that_cannot_be_read_is_not_advised_to_be_deleted(clean, tmp_path, monkeypatch):
     """Another user's private file is a permission problem: deleting it (the advice for damage) is wrong."""
-    import lsl.noise
-
     create(SymmetricNoise(0.2), clean, tmp_path)
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(lsl.noise.np, "load", denied)
+    # numpy's own loader refuses, as for a file of another user; chmod cannot show this when the tests run as
+    # root, who reads every file.
+    monkeypatch.setattr(np, "load", denied)
     with pytest.raises(ConfigError) as error:
         create(SymmetricNoise(0.2), clean, tmp_path)
     message = str(error.value)
     assert "Permission denied" in message and "chmod a+r" in message and "artifact_dir" in message, message
     assert "delete" not in message
+
+
+# ------------------------------------------------------------------ the package's public names
+
+
+# Every public name of lsl/noise.py before it became a package (write_new_file excepted: the one temporary-file
+# writer is lsl.files.new_temporary_file now). Configs, the README and other modules import them from lsl.noise.
+NAMES_BEFORE_THE_SPLIT = [
+    "ARTIFACT_FORMAT", "AsymmetricCIFAR10Noise", "CIFAR_N_SOURCE", "HumanNoise", "MatrixNoise", "NoNoise",
+    "NoiseModel", "NoisyLabels", "PairFlipNoise", "ROW_SUM_TOLERANCE", "SIDECAR_CHECKSUM_FIELD", "SymmetricNoise",
+    "TRANSITION_CONVENTION", "artifact_paths", "load_or_create_noisy_labels", "load_transition_matrix",
+    "realised_flip_rate", "realised_transition_matrix", "validate_transition_matrix",
+]
+
+
+@pytest.mark.parametrize("name", NAMES_BEFORE_THE_SPLIT + ["symmetric_transition_matrix"])
+def test_every_public_name_is_importable_from_lsl_noise(name):
+    module = importlib.import_module("lsl.noise")
+    assert getattr(module, name, None) is not None, f"lsl.noise.{name} is gone"
+    assert name in module.__all__
+
+
+def test_specs_record_the_class_path_users_write(matrix_file, fake_cifar10n):
+    """Sidecars record ``lsl.noise.<Class>``, not the submodule the class lives in: the recorded spec is
+    compared with the model's, so another path would refuse every artifact written before."""
+    path, _ = fake_cifar10n
+    models = all_models(matrix_file) + [HumanNoise(str(path), "worse_label")]
+    for model in models:
+        class_path = model.spec()["class_path"]
+        assert class_path == f"lsl.noise.{type(model).__name__}", class_path
+        module_name, class_name = class_path.rsplit(".", 1)
+        assert getattr(importlib.import_module(module_name), class_name) is type(model)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 10, 100])
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.2, 1 / 3, 0.45, 1.0])
+def test_symmetric_transition_matrix_is_exactly_the_formulas_it_replaced(num_classes, rate):
+    """Bit for bit the arithmetic of SymmetricNoise and of lsl.losses before the one constructor, so every
+    recorded transition matrix and every loss value stays the same."""
+    identity = np.eye(num_classes)
+    flip = (1.0 - rate) * identity + rate / (num_classes - 1) * (1.0 - identity)
+    redraw = (1.0 - rate) * np.eye(num_classes) + rate / num_classes
+    assert np.array_equal(symmetric_transition_matrix(rate, num_classes, "flip"), flip)
+    assert np.array_equal(symmetric_transition_matrix(rate, num_classes, "redraw"), redraw)
+    assert np.array_equal(symmetric_transition_matrix(rate, num_classes), redraw)  # alpha of label smoothing
+    assert np.array_equal(SymmetricNoise(rate, "flip").transition_matrix(num_classes), flip)
+    assert np.array_equal(SymmetricNoise(rate, "redraw").transition_matrix(num_classes), redraw)
+
+
+def test_the_losses_use_the_one_symmetric_transition_matrix():
+    import lsl.losses
+
+    assert lsl.losses.symmetric_transition_matrix is symmetric_transition_matrix
+
+
+def test_symmetric_transition_matrix_refuses_an_unknown_convention():
+    with pytest.raises(ConfigError, match="'flip' or 'redraw'"):
+        symmetric_transition_matrix(0.2, K, "uniform")
+
+
+# Labels drawn for 5000 clean labels of default_rng(7) with noise seed 11, and the sha256 of the .npy file
+# written for them. Artifacts on disk record these checksums: a change here would refuse all of them.
+RECORDED_DRAWS = [
+    (NoNoise(), "c91b6396eedd0ff3181e18341a8112ed7c905a81249d7a55cd25bd3990eec937",
+     "81771de4868534a2267ce5335279d03453e12e81c7781df844822f0c11970cba"),
+    (SymmetricNoise(0.2), "a929981794580ab74314d8735c47a8cc97f42dcd29a75a76222451c6df024fa6",
+     "7508e996261dc648de8e3ec946843f46a97128d6a3219d228d7dd227f3e23d56"),
+    (SymmetricNoise(0.2, "redraw"), "197dfaebb0f7f7115780231921bd6660db586e1208355d2268885af7751d23db",
+     "f8b8003fbdac84f5f79159d695629fd73cce019c64a76ed029d625e54c3cf964"),
+    (AsymmetricCIFAR10Noise(0.4), "161eadea840c9df2fedef6e734ff54d5f25bfa3ba3e2166c10f4cdd147c4d8f4",
+     "97a6ad8e7d0a75c24f686f4b3151a6e14c11a4238c9d9d80b1b1a780092a8e71"),
+    (PairFlipNoise(0.45), "8706e502b1206333217d9b16731594752208ad5da80b0e4ed3247545c5dab0be",
+     "bff5ff00178894e68b9fbfb9bbfd3da1d82248acc075bee8e4fd595768a4cf5d"),
+]
+
+
+@pytest.mark.parametrize("model, labels_sha256, file_sha256", RECORDED_DRAWS, ids=lambda value: str(value)[:24])
+def test_draws_and_artifact_files_are_the_recorded_ones(model, labels_sha256, file_sha256, tmp_path):
+    clean = np.random.default_rng(7).integers(0, K, size=5000)
+    labels = model.corrupt(clean, K, seed=11)
+    assert hashlib.sha256(labels.astype("<i8").tobytes()).hexdigest() == labels_sha256
+    artifact = load_or_create_noisy_labels(model, clean, K, dataset="toy", split="train", seed=11, directory=tmp_path)
+    assert artifact.sha256 == labels_sha256
+    assert hashlib.sha256(artifact.path.read_bytes()).hexdigest() == file_sha256

@@ -1,0 +1,85 @@
+"""The check before any run: every run's config parsed by ``lsl fit``'s own parser, a rejected key blamed on the
+line of the sweep file that sets it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lsl.errors import ConfigError
+from lsl.sweep.run_state import nested
+from lsl.sweep.schema import Run, Sweep
+
+
+def check_configs(sweep: Sweep, runs: list[Run]) -> None:
+    """Parse the runs' ``lsl fit --config BASE --config overrides.yaml`` with ``lsl fit``'s own parser (nothing is
+    instantiated, nothing written beside a temporary folder): a misspelt key or a bad value is a ConfigError
+    naming the key in the sweep file, before any run starts. Every combination of the non-seed grid values is
+    parsed, and every seed value that is not an integer (a parse takes up to half a second; runs that differ
+    only in an integer seed parse alike)."""
+    # Imports Lightning: here, once the options are parsed, not at module level (`lsl sweep --help` needs none).
+    from lsl.cli import fit_config_checker
+
+    check = fit_config_checker()
+    with tempfile.TemporaryDirectory(prefix="lsl-sweep-check-") as folder:
+        def parse(run: Run, overrides: dict[str, Any], name: str) -> None:
+            path = Path(folder) / name
+            path.write_text(yaml.safe_dump(nested(overrides), sort_keys=False))
+            check([str(run.stage.config), str(path)])
+
+        for index, run in enumerate(_covering_runs(runs)):
+            try:
+                parse(run, run.overrides, f"{index}.yaml")
+            except ConfigError as error:
+                raise ConfigError(_blame(sweep, run, error, parse)) from None
+
+
+def _covering_runs(runs: list[Run]) -> list[Run]:
+    """One run per stage and combination of non-seed grid values, plus runs until each seed value is in one."""
+    def seed(key: str) -> bool:
+        return "seed" in key.rsplit(".", 1)[-1]
+
+    chosen: dict[tuple, Run] = {}
+    for run in runs:
+        combination = (run.stage.name,) + tuple((key, label) for key, label in run.labels.items() if not seed(key))
+        chosen.setdefault(combination, run)
+    covered = {(run.stage.name, key, label) for run in chosen.values() for key, label in run.labels.items()}
+    for run in runs:
+        # An integer seed parses like any other: only a seed of another type needs a parse of its own.
+        values = {(run.stage.name, key, label) for key, label in run.labels.items()
+                  if not (seed(key) and isinstance(run.overrides.get(key), int))}
+        if not values <= covered:
+            chosen[(id(run),)] = run
+            covered |= values
+    picked = {id(run) for run in chosen.values()}
+    return [run for run in runs if id(run) in picked]
+
+
+def _blame(sweep: Sweep, run: Run, error: ConfigError, parse) -> str:
+    """Which key of the sweep file makes ``lsl fit`` reject the run: the one whose removal makes the config parse
+    (a value valid only beside another key, an alpha beside the loss that takes it, is not blamed), else the
+    first that fails alone on the base config."""
+    try:
+        parse(run, {}, "base.yaml")
+    except ConfigError as base_error:
+        return f"sweep {sweep.name}: `lsl fit` rejects the base config {str(run.stage.config)!r}: {base_error}"
+
+    def blamed(source: str, reason: ConfigError) -> str:
+        return (f"sweep {sweep.name}: {source} is not accepted by `lsl fit` (run {run.name}): {reason}; "
+                "fix the key or its value in the sweep file")
+
+    for key, source in run.sources.items():
+        try:
+            parse(run, {other: value for other, value in run.overrides.items() if other != key}, "without.yaml")
+        except ConfigError:
+            continue
+        return blamed(source, error)
+    for key, source in run.sources.items():
+        try:
+            parse(run, {key: run.overrides[key]}, "alone.yaml")
+        except ConfigError as key_error:
+            return blamed(source, key_error)
+    return f"sweep {sweep.name}: `lsl fit` rejects the config of run {run.name}: {error}"
