@@ -5,7 +5,7 @@ run, never per step: at the end of every ``every_n_epochs``-th validation it loo
 training set, and at the end of testing it looks at the test set and fills TensorBoard's hparams tab.
 
 Images are drawn as small uint8 tensors here (no plotting library): a heat map cell, a bar or a line per
-value, with no text. What each axis means is in the README ("TensorBoard views").
+value, with no text. What each axis means is in docs/views.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lsl.data import Batch, InMemorySource, NoisyDataset, NoisyLabelDataModule
 from lsl.errors import ConfigError
 from lsl.inference import predict_logits
 from lsl.losses import CrossEntropy, LabelSmoothing, TransitionMatrixLoss
-from lsl.module import Classifier
+from lsl.module import TEST_PREFIX, Classifier
 from lsl.noise import NoNoise
 
 WHITE = (255, 255, 255)
@@ -215,7 +215,8 @@ class TensorBoardViews(pl.Callback):
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Batch,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        if _tensorboard(trainer) is None or getattr(pl_module, "test_prefix", "test/") != "test/":
+        testing_another_checkpoint = isinstance(pl_module, Classifier) and pl_module.test_prefix != TEST_PREFIX
+        if _tensorboard(trainer) is None or testing_another_checkpoint:
             return  # the views show the final model; the best-validation checkpoint's test adds only numbers
         # test_step returns nothing, so the logits are computed again: one extra pass over the test set per run.
         probabilities = pl_module(batch.input).float().softmax(dim=1)
