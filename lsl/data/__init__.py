@@ -8,6 +8,10 @@ and an is-noisy flag, so the classifier can measure memorisation of the mislabel
 Small datasets are decoded once into uint8 tensors; the standard augmentation (pad + random crop,
 horizontal flip) and the normalisation run on whole batches after they reach the device, never per
 sample through PIL.
+
+Inside: ``batch.py`` (:class:`Batch`), ``sources/`` (one file per dataset format, with the
+:class:`ImageSource` contract they share and the download helper), ``dataset.py`` (:class:`NoisyDataset`),
+``augmentation.py`` (:func:`random_crop_flip`) and ``datamodule.py`` (:class:`NoisyLabelDataModule`).
 """
 
 from lsl.data.augmentation import random_crop_flip
