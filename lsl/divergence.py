@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lsl.errors import ConfigError
+from lsl.losses import LabelSmoothing, TransitionMatrixLoss
+from lsl.module import Classifier
 
 
 class TrainingDiverged(ConfigError):
@@ -122,7 +124,7 @@ class DivergenceGuard(Callback):
 
 
 def _message(trainer: pl.Trainer, pl_module: pl.LightningModule, first: _Step | None, pending: list[_Step]) -> str:
-    loss = getattr(pl_module, "loss", None)
+    loss = pl_module.loss if isinstance(pl_module, Classifier) else None
     name = f" ({type(loss).__name__})" if isinstance(loss, nn.Module) else ""
     if first is None:
         what = f"another process's training loss or logits became non-finite between steps {pending[0].step} " \
@@ -134,8 +136,8 @@ def _message(trainer: pl.Trainer, pl_module: pl.LightningModule, first: _Step | 
                f"{value}" + (" and the logits are not finite" if logits else "")
     learning_rate = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
     lr = f" (now lr={learning_rate:g})" if learning_rate is not None else ""
-    alpha = getattr(loss, "alpha", None)
-    alpha = f", the alpha of the loss (now {alpha:g})" if isinstance(alpha, (int, float)) else ""
+    alpha = loss.alpha if isinstance(loss, (LabelSmoothing, TransitionMatrixLoss)) else None
+    alpha = f", the alpha of the loss (now {alpha:g})" if alpha is not None else ""
     return (f"training diverged: {what}. Stopped instead of training on NaN. Lower the learning rate{lr}{alpha}, "
             "or clip gradients with --trainer.gradient_clip_val=1.0; the checkpoints written so far hold finite "
             "weights")

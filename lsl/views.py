@@ -5,7 +5,7 @@ run, never per step: at the end of every ``every_n_epochs``-th validation it loo
 training set, and at the end of testing it looks at the test set and fills TensorBoard's hparams tab.
 
 Images are drawn as small uint8 tensors here (no plotting library): a heat map cell, a bar or a line per
-value, with no text. What each axis means is in the README ("TensorBoard views").
+value, with no text. What each axis means is in docs/views.md.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from lsl.data import Batch, InMemorySource
+from lsl.data import Batch, InMemorySource, NoisyDataset, NoisyLabelDataModule
 from lsl.errors import ConfigError
-from lsl.losses import CrossEntropy
+from lsl.inference import predict_logits
+from lsl.losses import CrossEntropy, LabelSmoothing, TransitionMatrixLoss
+from lsl.module import TEST_PREFIX, Classifier
 from lsl.noise import NoNoise
 
 WHITE = (255, 255, 255)
@@ -213,7 +215,8 @@ class TensorBoardViews(pl.Callback):
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Batch,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        if _tensorboard(trainer) is None or getattr(pl_module, "test_prefix", "test/") != "test/":
+        testing_another_checkpoint = isinstance(pl_module, Classifier) and pl_module.test_prefix != TEST_PREFIX
+        if _tensorboard(trainer) is None or testing_another_checkpoint:
             return  # the views show the final model; the best-validation checkpoint's test adds only numbers
         # test_step returns nothing, so the logits are computed again: one extra pass over the test set per run.
         probabilities = pl_module(batch.input).float().softmax(dim=1)
@@ -254,13 +257,13 @@ class TensorBoardViews(pl.Callback):
 
     def _log_training_views(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        datamodule = getattr(trainer, "datamodule", None)
-        dataset = getattr(datamodule, "train_set", None)
+        datamodule = _lsl_datamodule(trainer)
+        dataset = None if datamodule is None else datamodule.train_set
         step = trainer.global_step
         # ImageFolder images are decoded and randomly cropped per sample: too slow here, and the crops would
         # draw from the training RNG.
         if (logger is None or not trainer.is_global_zero or dataset is None or step == self._train_views_step
-                or not isinstance(getattr(datamodule, "dataset", None), InMemorySource)):
+                or not isinstance(datamodule.dataset, InMemorySource)):
             return
         self._train_views_step = step
         logits, noisy, is_noisy = self._training_logits(datamodule, dataset, pl_module)
@@ -275,18 +278,13 @@ class TensorBoardViews(pl.Callback):
                 writer.add_histogram(f"views/train_max_prob/{subset}", max_prob[mask], step)
                 writer.add_histogram(f"views/train_logit_norm/{subset}", norm[mask], step)
 
-    def _training_logits(self, datamodule: Any, dataset: Any, pl_module: pl.LightningModule):
+    def _training_logits(self, datamodule: NoisyLabelDataModule, dataset: NoisyDataset,
+                         pl_module: pl.LightningModule) -> tuple[Tensor, Tensor, Tensor]:
         """Logits, noisy labels and is-noisy flags of the fixed training subset, without augmentation."""
         positions = torch.as_tensor(_fixed_subset(len(dataset), self.max_train_samples))
-        was_training = pl_module.training
-        pl_module.eval()
-        outputs = []
-        with torch.inference_mode():
-            for batch in datamodule.unaugmented_batches(dataset, pl_module.device, positions):
-                outputs.append((pl_module(batch.input).float().cpu(), batch.noisy_target.cpu(), batch.is_noisy.cpu()))
-        pl_module.train(was_training)
-        logits, noisy, is_noisy = (torch.cat(parts) for parts in zip(*outputs))
-        return logits, noisy, is_noisy
+        logits = predict_logits(pl_module, datamodule, dataset, positions, pl_module.device).cpu()
+        noisy, clean = dataset.noisy.cpu()[positions], dataset.clean.cpu()[positions]
+        return logits, noisy, noisy != clean
 
     # -------------------------------------------------------------------------------------------- hparams
 
@@ -298,7 +296,9 @@ class TensorBoardViews(pl.Callback):
         # names are given. logger.log_hyperparams would log them again at step 0 and would overwrite the
         # model's `noise` and `loss` entries in hparams.yaml with these strings.
         experiment, start, end = hparams(params, dict.fromkeys(self.hparam_metrics, 0.0))
-        writer = logger.experiment._get_file_writer()
+        # The run's own event file through the public FileWriter that SummaryWriter.add_hparams writes with
+        # (add_hparams itself would open a new subfolder). It is open: the test views were just written with it.
+        writer = logger.experiment.file_writer
         for summary in (experiment, start, end):
             writer.add_summary(summary)
         writer.flush()
@@ -310,25 +310,34 @@ def run_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str,
     Every run gives every key with the same type, NaN where it does not apply (``alpha`` of forward correction
     with a full T, say): TensorBoard takes the table's columns and their types from one run.
     """
-    datamodule = getattr(trainer, "datamodule", None)
-    noise = getattr(datamodule, "noise", None) or pl_module.hparams.get("noise") or NoNoise()
+    datamodule = _lsl_datamodule(trainer)
+    classifier = pl_module if isinstance(pl_module, Classifier) else None
+    noise = (datamodule.noise if datamodule is not None else None) or pl_module.hparams.get("noise") or NoNoise()
     num_classes = int(pl_module.hparams.get("num_classes", 2))
-    loss = getattr(pl_module, "loss", None)
-    alpha = 0.0 if isinstance(loss, CrossEntropy) else getattr(loss, "alpha", None)
-    data = getattr(getattr(datamodule, "dataset", None), "name", "unknown")
-    if getattr(datamodule, "train_subset", None):
+    loss = None if classifier is None else classifier.loss
+    if isinstance(loss, CrossEntropy):
+        alpha = 0.0
+    else:
+        alpha = loss.alpha if isinstance(loss, (LabelSmoothing, TransitionMatrixLoss)) else None
+    data = datamodule.dataset.name if datamodule is not None else "unknown"
+    if datamodule is not None and datamodule.train_subset:
         data += f"-subset{datamodule.train_subset}"
     seed = os.environ.get("PL_GLOBAL_SEED")
     return {
         "data": data,
         "noise": noise.slug(),
         "flip_rate": float(np.mean(1.0 - np.diag(noise.transition_matrix(num_classes)))),
-        "noise_seed": float(getattr(datamodule, "noise_seed", math.nan)),
+        "noise_seed": float(datamodule.noise_seed) if datamodule is not None else math.nan,
         "loss": type(loss).__name__,
         "alpha": math.nan if alpha is None else float(alpha),
-        "backbone": type(getattr(pl_module, "network", None)).__name__,
+        "backbone": type(None if classifier is None else classifier.network).__name__,
         "seed": math.nan if seed is None else float(seed),
     }
+
+
+def _lsl_datamodule(trainer: pl.Trainer) -> NoisyLabelDataModule | None:
+    """The trainer's data module if it is lsl's (another has none of the noisy-label views' fields)."""
+    return trainer.datamodule if isinstance(trainer.datamodule, NoisyLabelDataModule) else None
 
 
 def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import pickle
+import pydoc
+import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import FASHION_MNIST_DEBIAN, write_fashion_mnist
+from conftest import CONFIGS, FASHION_MNIST_DEBIAN, write_fashion_mnist
 
 from lsl.data import (
     CIFAR10,
@@ -20,6 +23,7 @@ from lsl.data import (
     Digits,
     FashionMNIST,
     ImageFolder,
+    ImageSource,
     NoisyDataset,
     NoisyLabelDataModule,
     random_crop_flip,
@@ -88,6 +92,29 @@ def digits_reference() -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     return np.round(digits.images * 255 / 16).astype(np.uint8), digits.target.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------ the package
+
+# Every name lsl.data exported when it was one module: importers and configs (class_path) use them.
+LSL_DATA_NAMES = ("Batch", "CIFAR10", "CIFAR100", "DecodedImages", "Digits", "FashionMNIST", "ImageFolder",
+                  "ImageSource", "InMemorySource", "NoisyDataset", "NoisyLabelDataModule", "fetch", "random_crop_flip")
+
+
+def test_every_name_lsl_data_exported_still_imports_from_it() -> None:
+    package = importlib.import_module("lsl.data")
+    assert [name for name in LSL_DATA_NAMES if not hasattr(package, name)] == []
+    assert sorted(package.__all__) == sorted(LSL_DATA_NAMES)
+    assert all(issubclass(getattr(package, name), ImageSource)
+               for name in ("CIFAR10", "CIFAR100", "Digits", "FashionMNIST", "ImageFolder", "InMemorySource"))
+
+
+def test_every_lsl_data_path_in_the_configs_and_docs_resolves() -> None:
+    repo = CONFIGS.parent
+    texts = [path.read_text() for path in [*CONFIGS.rglob("*.yaml"), repo / "README.md", *(repo / "docs").rglob("*.md")]]
+    named = {path for text in texts for path in re.findall(r"\blsl\.data(?:\.[A-Za-z_]\w*)+", text)}
+    assert {"lsl.data.NoisyLabelDataModule", "lsl.data.CIFAR10", "lsl.data.FashionMNIST", "lsl.data.Digits"} <= named
+    assert [path for path in sorted(named) if pydoc.locate(path) is None] == []
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -605,29 +632,92 @@ def test_random_crop_flip_is_seeded_by_its_generator() -> None:
 # ------------------------------------------------------------------------------------------ loaders
 
 
-def test_loader_yields_whole_batches_through_getitems(tmp_path: Path, monkeypatch) -> None:
-    def no_single_items(self, position):
-        raise AssertionError("the loader fetched one sample at a time")
+class _ReadCounter:
+    """Images indexable by a tensor of rows, as :meth:`ImageSource.load` promises, recording each read's size."""
 
-    monkeypatch.setattr(NoisyDataset, "__getitem__", no_single_items)
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.reads: list[int] = []
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        self.reads.append(len(rows))
+        return self.images[rows]
+
+
+class _CountedDigits(ImageSource):
+    """scikit-learn's digits through the public ImageSource contract, its images behind a read counter."""
+
+    name = "digits-counted"
+    mean = Digits.mean
+    std = Digits.std
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.digits = Digits(root)
+        self.counters: dict[bool, _ReadCounter] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def load(self, train: bool, augment: bool = False) -> tuple[_ReadCounter, np.ndarray]:
+        images, labels = self.digits.load(train)
+        return self.counters.setdefault(train, _ReadCounter(images)), labels
+
+
+def test_loader_reads_the_images_once_per_batch(tmp_path: Path) -> None:
     batch_size = 100
-    module = _ready(_digits_module(tmp_path, batch_size=batch_size, eval_batch_size=50, val_fraction=0.1))
+    source = _CountedDigits(str(tmp_path))
+    module = _ready(NoisyLabelDataModule(dataset=source, noise=SymmetricNoise(0.4), val_fraction=0.1,
+                                         batch_size=batch_size, eval_batch_size=50))
     size = len(module.train_set)
     assert size == DIGITS_TRAIN - 144
+    reads = source.counters[True].reads
+    assert reads == []  # setting up reads no image
     orders = []
     for _ in range(2):
         batches = list(module.train_dataloader())
         assert all(isinstance(b, Batch) for b in batches)
-        assert [len(b.input) for b in batches] == [batch_size] * (size // batch_size) + [size % batch_size]
+        sizes = [batch_size] * (size // batch_size) + [size % batch_size]
+        assert [len(b.input) for b in batches] == sizes
+        assert reads == sizes  # one read of the whole batch's rows, not one per sample
+        reads.clear()
         indices = torch.cat([b.index for b in batches]).numpy()
         assert len(np.unique(indices)) == size  # each sample once per epoch
         np.testing.assert_array_equal(np.sort(indices), module.train_set.indices.numpy())
+        images, _ = Digits(str(tmp_path / "reference")).load(train=True)
+        assert torch.equal(torch.cat([b.input for b in batches]), images[torch.as_tensor(indices)])
         orders.append(indices)
     assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
     assert not np.array_equal(orders[0], np.sort(orders[0]))
     val_batches = list(module.val_dataloader())
-    assert [len(b.input) for b in val_batches] == [50, 50, 44]
+    assert [len(b.input) for b in val_batches] == [50, 50, 44] and reads == [50, 50, 44]
     np.testing.assert_array_equal(torch.cat([b.index for b in val_batches]).numpy(), module.val_set.indices.numpy())
+
+
+def test_unaugmented_batches_cover_the_split_in_order_normalised_and_never_augmented(cifar10_root: Path) -> None:
+    """CIFAR-10, whose training batches are cropped and flipped: none of that here, even in a training loop."""
+    source = CIFAR10(root=str(cifar10_root))
+    module = _ready(NoisyLabelDataModule(dataset=source, noise=SymmetricNoise(0.4), val_fraction=0.1,
+                                         eval_batch_size=64, augment=True))
+    samples = module.unaugmented_training_samples()
+    assert isinstance(samples, NoisyDataset) and len(samples) == 200  # the validation part too
+    np.testing.assert_array_equal(samples.indices.numpy(), np.arange(200))
+    images, clean = CIFAR10(root=str(cifar10_root)).load(train=True)
+    module.trainer = SimpleNamespace(training=True)
+    torch.manual_seed(0)
+    batches = list(module.unaugmented_batches(samples, torch.device("cpu")))
+    assert [len(b.input) for b in batches] == [64, 64, 64, 8]
+    assert all(b.input.dtype == torch.float32 for b in batches)
+    inputs = torch.cat([b.input for b in batches])
+    torch.testing.assert_close(inputs, _normalised(images, source), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(torch.cat([b.index for b in batches]).numpy(), np.arange(200))
+    np.testing.assert_array_equal(torch.cat([b.clean_target for b in batches]).numpy(), clean)
+    np.testing.assert_array_equal(torch.cat([b.noisy_target for b in batches]).numpy(), module.noisy_labels.labels)
+    # Positions pick samples, in the order given, repeats included.
+    (picked,) = module.unaugmented_batches(samples, torch.device("cpu"), positions=torch.tensor([150, 3, 5, 3]))
+    assert picked.index.tolist() == [150, 3, 5, 3]
+    torch.testing.assert_close(picked.input, inputs[[150, 3, 5, 3]], rtol=0, atol=0)
 
 
 def _on_accelerator(module: NoisyLabelDataModule, device: str) -> NoisyLabelDataModule:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import QUICKSTART, QUIET, REPO, run_main, scalars
 from torch.testing import assert_close
 
 from lsl.errors import ConfigError
@@ -15,6 +19,7 @@ from lsl.losses import (
     ForwardCorrection,
     LabelSmearing,
     LabelSmoothing,
+    LogProbLoss,
     TransitionMatrixLoss,
 )
 
@@ -423,3 +428,147 @@ def test_a_deliberately_different_t_stays_possible_through_matrix_or_clean_data(
 
 def test_alpha_mismatch_is_checked_only_for_symmetric_data_t():
     ForwardCorrection(alpha=0.2).use_data_transition_matrix(random_transition_matrix(1, 10))  # no error
+
+
+# --- the public extension points ------------------------------------------------------------------------------
+
+
+class FocalLike(LogProbLoss):
+    """A loss written only through the public hook: -(1 - p_y)^2 log p_y."""
+
+    def per_example_loss(self, log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.seen_dtype = log_probs.dtype
+        self.autocast_on = torch.is_autocast_enabled("cpu")
+        log_p_y = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return -(1.0 - log_p_y.exp()) ** 2 * log_p_y
+
+
+def test_a_log_prob_loss_averages_its_per_example_loss_in_float32_with_autocast_off():
+    loss_fn = FocalLike()
+    logits, target = random_batch(0, 10)
+    p_y = torch.softmax(logits.double(), dim=-1)[torch.arange(BATCH), target]
+    expected = (-((1.0 - p_y) ** 2) * torch.log(p_y)).mean().float()
+    assert_close(loss_fn(logits, target), expected, **TOL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(logits.bfloat16(), target)
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and torch.isfinite(loss)
+    assert loss_fn.seen_dtype == torch.float32 and not loss_fn.autocast_on
+
+
+def test_per_example_loss_is_public_and_gives_the_values_forward_averages():
+    logits, target = random_batch(1, 10)
+    for loss_fn in all_losses(10).values():
+        if isinstance(loss_fn, LogProbLoss):
+            per_example = loss_fn.per_example_loss(F.log_softmax(logits, dim=-1), target)
+            assert per_example.shape == (BATCH,)
+            assert_close(per_example.mean(), loss_fn(logits, target), **TOL)
+
+
+def test_a_log_prob_loss_without_per_example_loss_cannot_be_built():
+    class Unfinished(LogProbLoss):
+        pass
+
+    with pytest.raises(TypeError, match="per_example_loss"):
+        Unfinished()
+
+
+class SquaredTransition(TransitionMatrixLoss):
+    """A loss that needs T, written through the public hooks: smearing with M = T @ T."""
+
+    def derive(self, transition: torch.Tensor) -> torch.Tensor:
+        self.derived_from = transition.dtype
+        self.calls = getattr(self, "calls", 0) + 1
+        return transition @ transition
+
+    def per_example_loss(self, log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -(self.derived_matrix_for(log_probs)[target] * log_probs).sum(dim=-1)
+
+
+def test_a_transition_matrix_loss_derives_its_matrix_once_in_float64():
+    transition = random_transition_matrix(0, 10)
+    loss_fn = SquaredTransition(matrix=transition.tolist())
+    logits, target = random_batch(0, 10)
+    for _ in range(3):
+        loss = loss_fn(logits, target)
+    assert loss_fn.calls == 1 and loss_fn.derived_from == torch.float64
+    assert_close(loss, LabelSmearing((transition @ transition).tolist())(logits, target), **TOL)
+
+
+def test_derive_defaults_to_t_itself_and_alpha_builds_t_for_the_logits_classes():
+    class Identity(TransitionMatrixLoss):
+        def per_example_loss(self, log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return -(self.derived_matrix_for(log_probs)[target] * log_probs).sum(dim=-1)
+
+    logits, target = random_batch(2, 5)
+    expected = LabelSmearing(symmetric_matrix(0.3, 5).tolist())(logits, target)
+    assert_close(Identity(alpha=0.3)(logits, target), expected, **TOL)
+
+
+def test_derive_can_refuse_a_t_with_a_config_error():
+    with pytest.raises(ConfigError, match="singular"):
+        BackwardCorrection().derive(torch.ones(3, 3, dtype=torch.float64) / 3)
+
+
+# --- the worked example: examples/generalized_cross_entropy.py --------------------------------------------------
+
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture
+def gce_module(monkeypatch):
+    """The example module, imported the way `PYTHONPATH=examples lsl fit` imports it."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    return importlib.import_module("generalized_cross_entropy")
+
+
+@sizes
+@pytest.mark.parametrize("q", [0.1, 0.7, 1.0])
+def test_generalized_cross_entropy_is_the_papers_formula(gce_module, num_classes, q):
+    logits, target = random_batch(0, num_classes)
+    p_y = torch.softmax(logits.double(), dim=-1)[torch.arange(BATCH), target]
+    expected = ((1.0 - p_y**q) / q).mean().float()
+    assert_close(gce_module.GeneralizedCrossEntropy(q)(logits, target), expected, **TOL)
+
+
+def test_generalized_cross_entropy_approaches_cross_entropy_as_q_goes_to_zero(gce_module):
+    logits, target = random_batch(1, 10)
+    cross_entropy = F.cross_entropy(logits.double(), target).float()
+    gaps = [(gce_module.GeneralizedCrossEntropy(q)(logits, target) - cross_entropy).abs().item()
+            for q in (1e-2, 1e-4, 1e-6)]
+    # (1 - p^q) / q = -log p - q (log p)^2 / 2 - ...: the gap shrinks with q, to float32 rounding at q = 1e-6.
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-4
+
+
+def test_generalized_cross_entropy_under_bf16_autocast_is_a_finite_float32_scalar(gce_module):
+    logits, target = random_batch(0, 10, scale=30.0)  # large logits: some p_y underflow to 0, log p_y must not
+    weight = torch.eye(10, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_logits = logits @ weight
+        assert bf16_logits.dtype == torch.bfloat16
+        loss = gce_module.GeneralizedCrossEntropy(0.7)(bf16_logits, target)
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(weight.grad).all()
+
+
+@pytest.mark.parametrize("q", [0.0, -0.5, 1.5, float("nan"), float("inf")])
+def test_generalized_cross_entropy_refuses_q_outside_zero_one(gce_module, q):
+    with pytest.raises(ConfigError, match="q="):
+        gce_module.GeneralizedCrossEntropy(q)
+
+
+def test_the_example_loss_trains_through_lsl_fit_and_its_checkpoint_reloads(gce_module, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    from lsl import Classifier
+
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["fit", "-c", QUICKSTART, "-c", str(EXAMPLES / "gce.yaml"), *QUIET, "--trainer.max_steps=3",
+                     "--views.every_n_epochs=0"]) == 0
+    run = tmp_path / "logs" / "quickstart" / "version_0"
+
+    model = Classifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+
+    assert type(model.loss).__name__ == "GeneralizedCrossEntropy" and model.loss.q == 0.7
+    assert isinstance(model.loss, LogProbLoss)
+    logged = scalars(run)
+    assert len(logged["test/acc"]) == 1 and 0.0 <= logged["test/acc"][0] <= 1.0

@@ -1,7 +1,12 @@
+import importlib
 import inspect
+import math
+import pydoc
+import re
 
 import pytest
 import torch
+from conftest import CONFIGS
 from torch import nn
 
 from lsl.errors import ConfigError
@@ -18,6 +23,9 @@ from lsl.models import (
 )
 
 BACKBONES = [CifarResNet, PreActResNet18, SmallCNN, ResNet50]
+# Every name lsl.models exported when it was one module: importers and configs (class_path) use them.
+LSL_MODELS_NAMES = ("CifarResNet", "PreActResNet18", "ResNet50", "SmallCNN", "resnet20", "resnet32", "resnet44",
+                    "resnet56", "resnet110")
 
 
 def num_params(module: nn.Module) -> int:
@@ -145,3 +153,35 @@ def test_backward_gives_finite_gradients(model, shape):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_every_name_lsl_models_exported_still_imports_from_it():
+    package = importlib.import_module("lsl.models")
+    assert [name for name in LSL_MODELS_NAMES if not hasattr(package, name)] == []
+    assert sorted(package.__all__) == sorted(LSL_MODELS_NAMES)
+
+
+def test_every_lsl_models_path_in_the_configs_and_docs_is_a_backbone():
+    repo = CONFIGS.parent
+    texts = [path.read_text() for path in [*CONFIGS.rglob("*.yaml"), repo / "README.md", *(repo / "docs").rglob("*.md")]]
+    named = {path for text in texts for path in re.findall(r"\blsl\.models(?:\.[A-Za-z_]\w*)+", text)}
+    assert {"lsl.models.CifarResNet", "lsl.models.SmallCNN"} <= named
+    found = {path: pydoc.locate(path) for path in sorted(named)}
+    assert [path for path, cls in found.items() if not (isinstance(cls, type) and issubclass(cls, nn.Module))] == []
+
+
+@pytest.mark.parametrize("model", [lambda: resnet20(), lambda: resnet20(shortcut="B"), lambda: PreActResNet18(10),
+                                   lambda: SmallCNN(10, width=64)])
+def test_initialisation_is_he_et_al(model):
+    """Convs Kaiming-normal for ReLU with fan_out (std sqrt(2 / fan_out)); BatchNorm weight 1, bias 0."""
+    torch.manual_seed(0)
+    net = model()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4096]
+    assert convs
+    for conv in convs:
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert abs(conv.weight.std().item() / math.sqrt(2 / fan_out) - 1) < 0.1
+        assert abs(conv.weight.mean().item()) < 0.1 * math.sqrt(2 / fan_out)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in norms)

@@ -559,7 +559,7 @@ def snapshot(folder: Path) -> set[Path]:
     return set(folder.rglob("*"))
 
 
-# Known gaps, in lsl/data.py: a damaged file inside the dataset folder escapes as a raw exception (traceback).
+# Known gaps, in lsl/data/: a damaged file inside the dataset folder escapes as a raw exception (traceback).
 @pytest.mark.parametrize("case", MALFORMED)
 def test_malformed_config_exits_2_naming_the_problem_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
     arguments, named = MALFORMED[case]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import QUICKSTART, QUIET, run_main, scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-from conftest import QUICKSTART, QUIET, run_main, scalars
 
-from lsl import ConfigError
+from lsl import Classifier, ConfigError
+from lsl.losses import CrossEntropy, ForwardCorrection, LabelSmearing, LabelSmoothing
+from lsl.models import SmallCNN
 from lsl.noise import SymmetricNoise
 from lsl.views import (
     BAR,
@@ -21,9 +25,10 @@ from lsl.views import (
     TensorBoardViews,
     bar_chart,
     heatmap,
-    prediction_vs_noisy_label,
     per_class_accuracy,
+    prediction_vs_noisy_label,
     reliability_diagram,
+    run_hparams,
 )
 
 WHITE = torch.tensor([255, 255, 255], dtype=torch.uint8)
@@ -101,6 +106,36 @@ def test_per_class_accuracy_counts_each_class_on_its_own() -> None:
 def test_bad_view_settings_raise_config_error(arguments: dict) -> None:
     with pytest.raises(ConfigError):
         TensorBoardViews(**arguments)
+
+
+# ------------------------------------------------------------------------------------------- hparams row
+
+
+@pytest.mark.parametrize(("loss", "alpha"), [
+    (CrossEntropy(), 0.0),
+    (LabelSmoothing(0.3), 0.3),
+    (ForwardCorrection(alpha=0.2), 0.2),
+    (ForwardCorrection(matrix=np.eye(4).tolist()), math.nan),
+    (LabelSmearing(np.eye(4).tolist()), math.nan),
+])
+def test_the_hparams_row_names_a_classifiers_loss_and_its_alpha(loss, alpha) -> None:
+    model = Classifier(backbone=SmallCNN, loss=loss, num_classes=4, noise=SymmetricNoise(0.2, convention="redraw"))
+    row = run_hparams(pl.Trainer(logger=False), model)
+    assert row["loss"] == type(loss).__name__ and row["backbone"] == "SmallCNN"
+    assert row["alpha"] == pytest.approx(alpha, nan_ok=True)
+    assert row["noise"] == "symmetric-redraw-0.2" and row["flip_rate"] == pytest.approx(0.2 * 3 / 4)
+    assert row["data"] == "unknown" and math.isnan(row["noise_seed"])  # no data module attached
+
+
+def test_the_hparams_row_of_a_module_that_is_not_lsls_has_every_key_with_nan_or_none() -> None:
+    class Plain(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+    row = run_hparams(pl.Trainer(logger=False), Plain())
+    assert row["loss"] == row["backbone"] == "NoneType" and row["data"] == "unknown" and row["noise"] == "none"
+    assert math.isnan(row["alpha"]) and math.isnan(row["noise_seed"]) and row["flip_rate"] == 0.0
 
 
 # ------------------------------------------------------------------------------------- a quickstart run

@@ -1,8 +1,4 @@
-"""Losses for learning under label noise: cross-entropy, label smoothing and smearing, loss correction.
-
-Notation: K classes, logits f, p = softmax(f), loss vector l(f)_j = -log p_j, one-hot e_y.
-Every loss maps ``logits: Tensor[B, K]`` and ``target: LongTensor[B]`` to the batch mean (a 0-dim tensor).
-It computes in float32 with autocast off, from ``log_softmax``, so bf16/fp16 training stays finite.
+"""Losses that need the noise transition matrix T: their base class, forward and backward correction.
 
 Transition matrices are row-stochastic, ``T[i, j] = P(noisy = j | clean = i)`` (Patrini et al., CVPR 2017).
 Pure PyTorch: no Lightning, no logging.
@@ -14,149 +10,20 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lsl.errors import ConfigError
-from lsl.noise import (
-    load_transition_matrix,
-    symmetric_transition_matrix,
-    validate_transition_matrix,
-)
+from lsl.losses.base import LogProbLoss
+from lsl.losses.smoothing import check_matrix_size, smeared_loss
+from lsl.noise import load_transition_matrix, symmetric_transition_matrix, validate_transition_matrix
 
 # Beyond this condition number T^-1 has entries so large that float32 losses are mostly rounding error.
 MAX_CONDITION_NUMBER = 1e6
 # Two transition matrices whose entries all agree to this are the same T (alpha given to 7 digits suffices).
 SAME_MATRIX_TOLERANCE = 1e-6
 
-__all__ = [
-    "CrossEntropy",
-    "LabelSmoothing",
-    "LabelSmearing",
-    "TransitionMatrixLoss",
-    "ForwardCorrection",
-    "BackwardCorrection",
-]
 
-
-def _smeared_loss(log_probs: Tensor, target: Tensor, matrix: Tensor) -> Tensor:
-    """Per-example e_y^T M l(f) = sum_j M[y, j] * (-log p_j), gathering one row of M per example."""
-    return -(matrix.to(log_probs)[target] * log_probs).sum(dim=-1)
-
-
-def _check_matrix_size(matrix: Tensor, num_classes: int, what: str) -> None:
-    if matrix.shape[0] != num_classes:
-        size = matrix.shape[0]
-        raise ConfigError(
-            f"{what} is {size}x{size} but the logits have {num_classes} classes: "
-            f"give a {num_classes}x{num_classes} matrix"
-        )
-
-
-class _LogProbLoss(nn.Module):
-    """Runs ``_per_example_loss`` on float32 log-probabilities with autocast off and returns the batch mean."""
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            log_probs = F.log_softmax(logits.float(), dim=-1)
-            return self._per_example_loss(log_probs, target).mean()
-
-    def _per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
-
-
-class CrossEntropy(nn.Module):
-    """Cross-entropy, the baseline of Lukasik et al., "Does label smoothing mitigate label noise?" (ICML 2020).
-
-    Per example: ``-log p_y``, in float32 (autocast keeps ``cross_entropy`` in float32).
-
-    ```yaml
-    loss:
-      class_path: lsl.losses.CrossEntropy
-    ```
-    """
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        # PyTorch's fused kernel: the same value at half the cost of log_softmax + gather (forward and backward).
-        return F.cross_entropy(logits.float(), target)
-
-
-class LabelSmoothing(_LogProbLoss):
-    """Label smoothing (Szegedy et al., CVPR 2016), studied under label noise by Lukasik et al. (ICML 2020).
-
-    Targets ``(1 - alpha) e_y + alpha / K``; per example
-    ``(1 - alpha) * (-log p_y) + alpha * mean_j(-log p_j)``.
-    ``alpha < 0`` is negative label smoothing (Wei et al., "To smooth or not?", ICML 2022), which
-    ``F.cross_entropy(label_smoothing=...)`` does not support; it is unbounded below and can diverge.
-
-    ```yaml
-    loss:
-      class_path: lsl.losses.LabelSmoothing
-      init_args:
-        alpha: 0.1
-    ```
-
-    Args:
-        alpha: Smoothing weight, any value below 1; 0 is cross-entropy, negative values sharpen the targets.
-    """
-
-    def __init__(self, alpha: float = 0.1) -> None:
-        super().__init__()
-        if not (math.isfinite(alpha) and alpha < 1.0):
-            raise ConfigError(
-                f"LabelSmoothing alpha={alpha!r} is not allowed: alpha must be a finite number below 1 "
-                "(0 is cross-entropy, 0.1 is the usual choice, negative values are negative label smoothing)"
-            )
-        self.alpha = float(alpha)
-
-    def _per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
-        true_class = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        uniform = -log_probs.mean(dim=-1)
-        return (1.0 - self.alpha) * true_class + self.alpha * uniform
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
-
-
-class LabelSmearing(_LogProbLoss):
-    """Label smearing, the family of Lukasik et al. (ICML 2020, Sec. 3) that holds CE, LS and backward correction.
-
-    Per example: ``e_y^T M l(f) = sum_j M[y, j] * (-log p_j)`` for any K x K matrix M (not necessarily
-    row-stochastic). Cross-entropy is ``M = I``, label smoothing ``M = (1 - alpha) I + (alpha / K) J``,
-    backward correction ``M = T^-1``.
-
-    ```yaml
-    loss:
-      class_path: lsl.losses.LabelSmearing
-      init_args:
-        matrix: [[0.95, 0.05], [0.05, 0.95]]
-    ```
-
-    Args:
-        matrix: The K x K smearing matrix M, row y weighting the per-class losses of an example labelled y.
-    """
-
-    def __init__(self, matrix: list[list[float]]) -> None:
-        super().__init__()
-        smearing = np.asarray(matrix, dtype=np.float64)
-        if smearing.ndim != 2 or smearing.shape[0] != smearing.shape[1]:
-            raise ConfigError(
-                f"LabelSmearing matrix must be a square K x K matrix, got shape {tuple(smearing.shape)}: "
-                "give one row of K numbers per class"
-            )
-        if not np.isfinite(smearing).all():
-            raise ConfigError("LabelSmearing matrix has NaN or infinite entries: give finite numbers")
-        self.register_buffer("smearing_matrix", torch.from_numpy(smearing).float(), persistent=False)
-
-    def _per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
-        _check_matrix_size(self.smearing_matrix, log_probs.shape[-1], "LabelSmearing matrix")
-        return _smeared_loss(log_probs, target, self.smearing_matrix)
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.smearing_matrix.shape[0]}"
-
-
-class TransitionMatrixLoss(_LogProbLoss):
+class TransitionMatrixLoss(LogProbLoss):
     """Base class for losses that need the noise transition matrix T, ``T[i, j] = P(noisy = j | clean = i)``.
 
     T comes from at most one own source: ``alpha`` (symmetric ``T = (1 - alpha) I + (alpha / K) J``, the
@@ -168,9 +35,10 @@ class TransitionMatrixLoss(_LogProbLoss):
     the ``alpha`` that matches; a deliberately different T goes in ``matrix`` or ``path``.
 
     T is kept as the non-persistent buffer ``transition_matrix`` (moved by ``.to(device)``, left out of
-    ``state_dict``: the saved hyperparameters rebuild it). Subclasses implement ``_derive`` (the matrix their
-    loss needs, computed once in float64 from T) and ``_per_example_loss``, reading the buffer
-    ``derived_matrix``.
+    ``state_dict``: the saved hyperparameters rebuild it). A subclass implements :meth:`derive` (the matrix
+    its loss needs, computed once per T, in float64; T itself by default) and
+    :meth:`~lsl.losses.LogProbLoss.per_example_loss`, which reads that matrix through
+    :meth:`derived_matrix_for`. ``forward`` is :class:`~lsl.losses.LogProbLoss`'s: float32, autocast off.
 
     ```yaml
     loss:
@@ -272,17 +140,34 @@ class TransitionMatrixLoss(_LogProbLoss):
     ) -> None:
         self._check_transition(np.asarray(transition, dtype=np.float64), source)
         transition64 = torch.as_tensor(transition, dtype=torch.float64)
-        self.derived_matrix = self._derive(transition64).float().to(device)
+        self.derived_matrix = self.derive(transition64).float().to(device)
         self.transition_matrix = transition64.float().to(device)
 
     def _check_transition(self, transition: np.ndarray, source: str) -> None:
         """Refuse a T this loss cannot use (raise ConfigError naming ``source``); any T by default."""
 
-    def _derive(self, transition: Tensor) -> Tensor:
-        """The matrix the loss uses, from float64 T (computed once per T)."""
+    def derive(self, transition: Tensor) -> Tensor:
+        """The matrix the loss uses, computed once per T; T itself unless a subclass overrides this.
+
+        Args:
+            transition: float64 ``[K, K]`` T on the CPU.
+
+        Returns:
+            A ``[K, K]`` matrix, kept in float32 as the buffer ``derived_matrix``.
+
+        Raises:
+            ConfigError: The loss cannot use this T (BackwardCorrection: T is singular).
+        """
         return transition
 
-    def _derived_matrix_for(self, log_probs: Tensor) -> Tensor:
+    def derived_matrix_for(self, log_probs: Tensor) -> Tensor:
+        """:meth:`derive`'s matrix for the K of ``log_probs``, in float32 on their device; for ``per_example_loss``.
+
+        With ``alpha``, T is built for this K on first use (and again if K changes).
+
+        Raises:
+            ConfigError: No T is known, or T is not K x K.
+        """
         num_classes = log_probs.shape[-1]
         if self.alpha is not None and (self.transition_matrix is None or len(self.transition_matrix) != num_classes):
             self._set_transition_matrix(symmetric_transition_matrix(self.alpha, num_classes), log_probs.device,
@@ -292,7 +177,7 @@ class TransitionMatrixLoss(_LogProbLoss):
                 f"{type(self).__name__} has no transition matrix: give alpha, matrix or path, "
                 "or train through `lsl fit` so the data's true T is linked"
             )
-        _check_matrix_size(self.transition_matrix, num_classes, f"{type(self).__name__} transition matrix")
+        check_matrix_size(self.transition_matrix, num_classes, f"{type(self).__name__} transition matrix")
         if self.derived_matrix.device != log_probs.device:
             # A T linked after the module was moved would otherwise be copied to the device every step.
             self.transition_matrix = self.transition_matrix.to(log_probs.device)
@@ -346,12 +231,12 @@ class ForwardCorrection(TransitionMatrixLoss):
                 "a loss that does not need T"
             )
 
-    def _derive(self, transition: Tensor) -> Tensor:
+    def derive(self, transition: Tensor) -> Tensor:
         # Row y of log(T)^T is column y of log T, so a row gather picks it per example.
         return torch.log(transition).t().contiguous()
 
-    def _per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
-        log_transition_columns = self._derived_matrix_for(log_probs)[target]
+    def per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
+        log_transition_columns = self.derived_matrix_for(log_probs)[target]
         return -torch.logsumexp(log_probs + log_transition_columns, dim=-1)
 
 
@@ -380,7 +265,7 @@ class BackwardCorrection(TransitionMatrixLoss):
         path: A file holding the K x K transition matrix (.npy, .csv comma-separated, .txt whitespace).
     """
 
-    def _derive(self, transition: Tensor) -> Tensor:
+    def derive(self, transition: Tensor) -> Tensor:
         singular_values = torch.linalg.svdvals(transition)
         largest, smallest = singular_values[0].item(), singular_values[-1].item()
         if smallest * MAX_CONDITION_NUMBER <= largest:
@@ -392,5 +277,5 @@ class BackwardCorrection(TransitionMatrixLoss):
             )
         return torch.linalg.inv(transition)
 
-    def _per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
-        return _smeared_loss(log_probs, target, self._derived_matrix_for(log_probs))
+    def per_example_loss(self, log_probs: Tensor, target: Tensor) -> Tensor:
+        return smeared_loss(log_probs, target, self.derived_matrix_for(log_probs))
