@@ -242,7 +242,6 @@ def test_print_config_prints_the_options_and_a_sweep_file_that_loads_back_to_the
     assert not (tmp_path / "logs").exists()  # printing runs nothing and writes nothing
 
 
-@pytest.mark.xfail(strict=False, reason="lsl/__init__.py still imports every module (and so Lightning) eagerly")
 def test_sweep_help_imports_neither_lightning_nor_torch(tmp_path: Path) -> None:
     """`lsl sweep --help` must answer at once: nothing on its way imports Lightning or torch."""
     code = ("import sys\n"
