@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
 
 from lsl.allocator import tune_host_allocator  # noqa: F401 - lsl.cli.tune_host_allocator, as the README names it
 from lsl.checkpoint_check import SPECIAL_PATHS, check_checkpoint_matches, hpc_checkpoint, read_checkpoint
-from lsl.commands import main, parser_error_line  # noqa: F401 - lsl.cli.main: the entry point before lsl.commands
+from lsl.commands import DESCRIPTION, main, parser_error_line  # noqa: F401 - lsl.cli.main: the entry point before lsl.commands
 from lsl.data import NoisyLabelDataModule
 from lsl.divergence import DivergenceGuard
 from lsl.errors import ConfigError
@@ -229,12 +229,6 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-DESCRIPTION = ("lsl: label smoothing under label noise. The Trainer subcommands are below. Three more, each with "
-               "its own --help: `lsl sweep --config SWEEP.yaml` runs a grid of runs (or writes SLURM jobs for it), "
-               "`lsl report logs/<sweep>` writes its tables and plots, `lsl estimate-t --ckpt ... --config ... "
-               "--out T.npy` estimates the noise transition matrix from a checkpoint.")
-
-
 # How `lsl` builds its LightningCLI; the sweep's config check parses with exactly the same parser.
 CLI_OPTIONS = {
     "subclass_mode_model": True,
@@ -244,7 +238,7 @@ CLI_OPTIONS = {
     # --optimizer / --lr_scheduler would replace them while hparams.yaml names the old ones.
     "auto_configure_optimizers": False,
     # Parse errors are raised, not printed with the usage text, so that they become one `lsl: error:` line.
-    "parser_kwargs": {"description": DESCRIPTION, "exit_on_error": False},
+    "parser_kwargs": {"prog": "lsl", "description": DESCRIPTION, "exit_on_error": False},
 }
 
 
