@@ -272,7 +272,10 @@ class Classifier(pl.LightningModule):
         Per-step values are logged only then: TensorBoard gets exactly the same points, and the other steps skip
         Lightning's per-``self.log`` bookkeeping, which is a noticeable share of a small network's step.
         """
-        trainer = self.trainer
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached (a step called by hand): there is no logger to write to
+            return False
         if not trainer.log_every_n_steps:
             return False
         # global_step counts the optimizer steps taken before this one, as Lightning's logging step does.
