@@ -647,9 +647,3 @@ def test_lsl_sweep_slurm_through_the_console_script(tmp_path: Path, monkeypatch,
     assert run_main(["sweep", "--config", str(sweep_file), "--slurm", "--gpus", "1"]) == 0
     assert "wrote 2 array job script(s) for 12 runs; submit with: bash logs/kd/slurm/submit.sh" in capsys.readouterr().out
     assert "--trainer.strategy" not in (tmp_path / "logs/kd/slurm/teacher.sbatch").read_text()
-
-
-def test_lsl_help_names_the_commands_beside_the_trainer_subcommands(capsys) -> None:
-    assert run_main(["--help"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert "`lsl sweep --config SWEEP.yaml`" in text and "`lsl report logs/<sweep>`" in text and "lsl estimate-t" in text
