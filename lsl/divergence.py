@@ -56,9 +56,9 @@ class DivergenceGuard(Callback):
 
     Args:
         check_every_n_steps: Bring the verdict to the host every this many optimizer steps. Each check waits
-            for the GPU to finish the step (a host sync); 1 costs nothing on a CPU and little on a GPU, where
-            Lightning's progress bar already syncs every step. A larger value defers it: the first bad step is
-            still the one named, the run stops at most this many steps later, and no checkpoint is ever
+            for the GPU to finish the step (a host sync); 1 adds no wait on a CPU, and on a GPU one host sync
+            per step, where Lightning's progress bar already syncs every step. A larger value defers it: the
+            first bad step is still the one named, the run stops at most this many steps later, and no checkpoint is ever
             written from a non-finite state, because every checkpoint save checks first.
     """
 

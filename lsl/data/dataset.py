@@ -44,7 +44,7 @@ class NoisyDataset(Dataset):
             positions = positions.pin_memory().to(self.noisy.device, non_blocking=True)
         else:
             positions = positions.to(self.noisy.device)
-        # index_select, not [], on tensors: advanced indexing costs 8x as much on a batch of uint8 images.
+        # index_select, not [], on tensors: advanced indexing is much slower on a batch of uint8 images.
         noisy, clean = self.noisy.index_select(0, positions), self.clean.index_select(0, positions)
         rows = self.image_rows.index_select(0, positions)
         images = self.images.index_select(0, rows) if isinstance(self.images, Tensor) else self.images[rows]

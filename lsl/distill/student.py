@@ -45,8 +45,8 @@ class TeacherStudentModule(Classifier):
     With ``cache_teacher_logits``, the teacher's logits over the training set are computed once, on
     un-augmented images, stored as one float16 ``[N, K]`` tensor under ``<artifact_dir>/teacher_logits/``
     keyed by the teacher checkpoint's sha256, the dataset, the noise artifact's sha256 and the transform,
-    and reused by every later run with the same key. A student epoch then costs what a classifier epoch
-    costs, but the student matches the teacher's view of the *un-augmented* image while it sees an
+    and reused by every later run with the same key. A student epoch then skips the teacher's forward pass,
+    but the student matches the teacher's view of the *un-augmented* image while it sees an
     augmented one: the teacher never sees the augmentation. Without the cache the teacher runs on every
     augmented training batch.
 

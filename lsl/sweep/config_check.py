@@ -18,7 +18,7 @@ def check_configs(sweep: Sweep, runs: list[Run]) -> None:
     """Parse the runs' ``lsl fit --config BASE --config overrides.yaml`` with ``lsl fit``'s own parser (nothing is
     instantiated, nothing written beside a temporary folder): a misspelt key or a bad value is a ConfigError
     naming the key in the sweep file, before any run starts. Every combination of the non-seed grid values is
-    parsed, and every seed value that is not an integer (a parse takes up to half a second; runs that differ
+    parsed, and every seed value that is not an integer (each parse costs real time; runs that differ
     only in an integer seed parse alike)."""
     # Imports Lightning: here, once the options are parsed, not at module level (`lsl sweep --help` needs none).
     from lsl.cli import fit_config_checker
