@@ -6,12 +6,14 @@ and ``lsl estimate-t``:
 - :func:`write_atomically` writes one or more files, each via a temporary file in its own folder that is
   flushed, fsynced and renamed over the final name. A reader (or a kill at any moment) sees the previous
   complete file or the new complete one, never a torn one; a failure leaves no temporary file behind.
-- :func:`file_sha256` and :func:`array_sha256` are the checksums recorded in sidecars and checkpoints.
+- :func:`file_sha256`, :func:`array_sha256` and :func:`json_sha256` are the checksums and fingerprints
+  recorded in sidecars, checkpoints and sweep runs, and the key of the teacher-logit cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -35,6 +37,13 @@ def file_sha256(path: str | Path) -> str:
 def array_sha256(array: np.ndarray, dtype: str) -> str:
     """sha256 of ``array`` as contiguous ``dtype`` bytes (e.g. ``"<i8"``): the same on every platform."""
     return hashlib.sha256(np.ascontiguousarray(array, dtype=dtype).tobytes()).hexdigest()
+
+
+def json_sha256(content: Any) -> str:
+    """sha256 of ``content`` as canonical JSON: sorted keys, no spaces, ASCII, and ``str()`` of any value JSON
+    cannot hold (a path). Equal content gives an equal digest whatever the order it was built in."""
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_atomically(files: Sequence[tuple[str | Path, Writer]]) -> None:

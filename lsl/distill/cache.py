@@ -7,8 +7,6 @@ for another key is recomputed, never trusted.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from torch import Tensor
 
 from lsl.data import NoisyDataset, NoisyLabelDataModule
 from lsl.distill.teacher import FrozenTeacher
+from lsl.files import json_sha256
 from lsl.resume import save_atomically
 
 
@@ -30,7 +29,7 @@ def cached_training_logits(teacher: FrozenTeacher, data: NoisyLabelDataModule, s
     key = {"teacher_sha256": teacher.sha256, "dataset": fingerprint["dataset"],
            "noisy_labels_sha256": fingerprint["noisy_labels_sha256"], "transform": data.eval_transform,
            "num_samples": len(samples), "num_classes": teacher.num_classes}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = json_sha256(key)[:16]
     path = Path(data.artifact_dir) / "teacher_logits" / f"{key['dataset']}-{digest}.pt"
     cached = _read_logits(path, key)
     if cached is not None:

@@ -6,7 +6,6 @@ the file, its sidecar and the clean labels it was drawn for; or draws them and w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lsl.errors import ConfigError
-from lsl.files import write_atomically
+from lsl.files import json_sha256, write_atomically
 from lsl.noise.checks import (
     LABEL_DTYPE,
     as_labels,
@@ -195,7 +194,7 @@ _PROVENANCE_FIELDS = ("created", "lsl_version", "noise.path")
 def _sidecar_checksum(metadata: dict[str, Any]) -> str:
     """sha256 of the sidecar's content without its own checksum field (canonical JSON: sorted keys)."""
     content = {key: value for key, value in metadata.items() if key != SIDECAR_CHECKSUM_FIELD}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256(content)
 
 
 def _check_sidecar_unchanged(metadata: dict[str, Any], expected: dict[str, Any], metadata_path: Path, fix: str) -> None:

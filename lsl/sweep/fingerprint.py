@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from lsl.files import json_sha256
 from lsl.sweep.run_state import DONE_FILE, FAILED_FILE, RUN_FILE
 
 
@@ -15,8 +15,7 @@ def run_fingerprint(base_config: Any, overrides: dict[str, Any], teacher: str | 
     by path is not followed), its overrides, and its teacher's fingerprint (a student of a changed teacher
     changed too)."""
     content = {"config": base_config, "overrides": overrides, "teacher": teacher}
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_sha256(content)
 
 
 def recorded_fingerprint(directory: Path) -> str | None:
