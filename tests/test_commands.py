@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, assert_clean_failure, run_main
 
 ALL_SUBCOMMANDS = ["fit", "validate", "test", "predict", "sweep", "report", "estimate-t"]
@@ -151,3 +152,20 @@ def test_estimate_t_keeps_its_config_for_the_runs_config(tmp_path: Path, monkeyp
     assert run_main(["estimate-t", "--ckpt", "a.ckpt", "--config", "options.yaml", "--out", "T.npy"]) == 2
 
     assert_clean_failure(2, capsys.readouterr().err, "'options.yaml' has no data section")
+
+
+def test_estimate_t_reads_its_options_from_an_options_file_and_prints_them(tmp_path: Path, monkeypatch,
+                                                                           capsys) -> None:
+    """estimate-t's own options file is ``--options`` (its ``--config`` is the run's); ``--print_config`` shows
+    what it would run with and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "options.yaml").write_text("ckpt: a.ckpt\nconfig: run.yaml\nout: T.npy\nsplit: val\n")
+
+    assert run_main(["estimate-t", "--options", "options.yaml", "--percentile", "99", "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == {"ckpt": "a.ckpt", "config": "run.yaml", "out": "T.npy", "percentile": 99.0, "split": "val",
+                       "device": None}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["options.yaml"]
+
+    assert run_main(["estimate-t", "--options", "options.yaml"]) == 2  # the options are used: run.yaml is read
+    assert_clean_failure(2, capsys.readouterr().err, "'run.yaml' does not exist")

@@ -37,15 +37,17 @@ SIDECAR_FORMAT = 1
 
 
 def parser() -> jsonargparse.ArgumentParser:
-    """The parser of ``lsl estimate-t``. Its ``--config`` is the *run's* config.yaml (the data to rebuild),
-    not a file of these options, so it has no config file of its own."""
-    from jsonargparse import ArgumentParser
+    """The parser of ``lsl estimate-t``. Its ``--config`` is the *run's* config.yaml (the data to rebuild), as
+    it always was, so a YAML file of these options is ``--options``; ``--print_config`` prints them."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
         prog="lsl estimate-t", exit_on_error=False,
         description="Estimate the noise transition matrix T[i, j] = P(noisy = j | clean = i) from a trained "
                     "checkpoint with the anchor points of Patrini et al. (CVPR 2017). Writes T (.npy) and a "
                     ".json sidecar; ForwardCorrection/BackwardCorrection take the .npy as `path`.")
+    parser.add_argument("--options", action=ActionConfigFile,
+                        help="a YAML file of these options (--config is the run's config.yaml, not this file)")
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint of a model trained on the noisy labels "
                         "with cross-entropy, best from before it memorised them (the best val/acc_noisy epoch)")
     parser.add_argument("--config", required=True, type=Path, help="the run's config.yaml; its data section "
