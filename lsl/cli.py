@@ -19,10 +19,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningCLI, LightningArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lsl.allocator import tune_host_allocator  # noqa: F401 - lsl.cli.tune_host_allocator, as the README names it
 from lsl.checkpoint_check import SPECIAL_PATHS, check_checkpoint_matches, hpc_checkpoint, read_checkpoint
@@ -30,9 +29,16 @@ from lsl.commands import DESCRIPTION, main, parser_error_line  # noqa: F401 - ls
 from lsl.data import NoisyLabelDataModule
 from lsl.divergence import DivergenceGuard
 from lsl.errors import ConfigError
+from lsl.files import read_yaml
 from lsl.module import Classifier
-from lsl.resume import (RandomStateCheckpoint, ResumableCheckpoint, check_resume_trained, continue_last_run,
-                        newest_run_with_last_checkpoint, use_atomic_checkpoints)
+from lsl.resume import (
+    RandomStateCheckpoint,
+    ResumableCheckpoint,
+    check_resume_trained,
+    continue_last_run,
+    newest_run_with_last_checkpoint,
+    use_atomic_checkpoints,
+)
 from lsl.views import TensorBoardViews
 
 
@@ -254,10 +260,7 @@ def check_config_files(argv: list[str]) -> None:
             continue
         if not path.is_file():
             continue  # the parser names a missing file itself
-        try:
-            content = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
+        content = read_yaml(path, "config file")
         if content is None:
             raise ConfigError(f"config file {str(path)!r} is empty: give a config such as configs/quickstart.yaml "
                               "(`lsl fit --config configs/quickstart.yaml --print_config` prints a full one)")

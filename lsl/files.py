@@ -6,6 +6,7 @@ and ``lsl estimate-t``:
 - :func:`write_atomically` writes one or more files, each via a temporary file in its own folder that is
   flushed, fsynced and renamed over the final name. A reader (or a kill at any moment) sees the previous
   complete file or the new complete one, never a torn one; a failure leaves no temporary file behind.
+- :func:`read_yaml` reads a config, sweep or options file; a file that is not YAML is one ConfigError line.
 - :func:`file_sha256`, :func:`array_sha256` and :func:`json_sha256` are the checksums and fingerprints
   recorded in sidecars, checkpoints and sweep runs, and the key of the teacher-logit cache.
 """
@@ -21,8 +22,24 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import yaml
+
+from lsl.errors import ConfigError
 
 Writer = Callable[[BinaryIO], Any]
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The content of the YAML file ``path`` (None when it is empty).
+
+    Raises:
+        ConfigError: the file is not YAML (or not text), named as ``what`` (``"sweep file"``), with the parser's
+            reason on the same line.
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
 
 
 def file_sha256(path: str | Path) -> str:

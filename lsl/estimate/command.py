@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
-import yaml
 
 from lsl.errors import ConfigError, warn
 from lsl.estimate.anchors import DEFAULT_PERCENTILE, estimation_error, find_anchors, rows_at
-from lsl.files import file_sha256, write_atomically
+from lsl.files import file_sha256, read_yaml, write_atomically
 from lsl.noise import TRANSITION_CONVENTION, validate_transition_matrix
 
 if TYPE_CHECKING:
@@ -126,10 +125,7 @@ def load_data_module(config_path: Path) -> tuple[NoisyLabelDataModule, dict[str,
 def _read_config(config_path: Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise ConfigError(f"config {str(config_path)!r} does not exist: give the config.yaml of the run")
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config {str(config_path)!r} is not valid YAML: {error}") from error
+    config = read_yaml(config_path, "config")
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         raise ConfigError(f"config {str(config_path)!r} has no data section: give the config.yaml that `lsl fit` wrote")
     return config

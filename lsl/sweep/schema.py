@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lsl.errors import ConfigError
+from lsl.files import read_yaml
 from lsl.sweep.fingerprint import recorded_fingerprint, run_fingerprint
 from lsl.sweep.fit_sections import config_sections
 from lsl.sweep.run_state import DONE_FILE, FAILED_FILE, OVERRIDES_FILE
@@ -149,10 +147,7 @@ def _logger(directory: Path) -> dict[str, Any]:
 
 
 def _read_base_config(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"base config {str(path)!r} is not valid YAML: {error}") from error
+    return read_yaml(path, "base config")
 
 
 def _short_axis_names(keys: list[str]) -> dict[str, str]:

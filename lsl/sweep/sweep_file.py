@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lsl.errors import ConfigError
+from lsl.files import read_yaml
 from lsl.sweep.fit_sections import config_sections
 from lsl.sweep.schema import Stage, Sweep
 
@@ -22,10 +21,7 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"sweep file {str(path)!r} is not valid YAML: {error}") from error
+    spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep file {str(path)!r} must be a mapping with 'grid' and 'config' or 'stages'")
     unknown = set(spec) - SWEEP_KEYS
