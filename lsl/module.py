@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities import dim_zero_cat
 
+from lsl.calibration import ExpectedCalibrationError
 from lsl.data import Batch, NoisyLabelDataModule
 from lsl.diagnostics import COLLAPSE_SHARE, collapsed
 from lsl.errors import ConfigError, warn
@@ -247,7 +248,7 @@ class Classifier(pl.LightningModule):
             prefix="val/", compute_groups=False)
         self.test_metrics = MetricCollection(
             {"acc": accuracy(), "nll": mean(), "logit_norm": mean(),
-             "ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1", validate_args=False),
+             "ece": ExpectedCalibrationError(ece_bins),
              "top_class_share": TopClassShare(num_classes)},
             prefix="test/", compute_groups=False)
 

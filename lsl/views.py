@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from lsl.calibration import bin_statistics
 from lsl.data import Batch, InMemorySource, NoisyDataset, NoisyLabelDataModule
 from lsl.errors import ConfigError
 from lsl.inference import predict_logits
@@ -88,7 +89,7 @@ def reliability_diagram(confidence: Tensor, correct: Tensor, bins: int) -> Tenso
     """
     size = bins * BIN_WIDTH
     image = _canvas(size + STRIP_GAP + COUNT_STRIP, size)
-    counts, accuracy, mean_confidence = _bin_statistics(confidence, correct, bins)
+    counts, accuracy, mean_confidence = bin_statistics(confidence.cpu(), correct.cpu(), bins)
     for b in torch.nonzero(counts).flatten().tolist():
         cols = slice(b * BIN_WIDTH, (b + 1) * BIN_WIDTH - 1)
         bar_top = size - round(accuracy[b].item() * size)
@@ -100,17 +101,6 @@ def reliability_diagram(confidence: Tensor, correct: Tensor, bins: int) -> Tenso
     diagonal = torch.arange(size)
     image[:, size - 1 - diagonal, diagonal] = torch.tensor(GUIDE, dtype=torch.uint8).view(3, 1)
     return image
-
-
-def _bin_statistics(confidence: Tensor, correct: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per equal-width bin of (0, 1]: the sample count, the accuracy and the mean confidence (0 where empty)."""
-    confidence = confidence.double().cpu()
-    index = (confidence * bins).ceil().long().clamp(1, bins) - 1  # bin b holds (b / bins, (b + 1) / bins]
-    counts = torch.bincount(index, minlength=bins).double()
-    hits = torch.bincount(index, weights=correct.double().cpu(), minlength=bins)
-    total_confidence = torch.bincount(index, weights=confidence, minlength=bins)
-    safe = counts.clamp(min=1)
-    return counts, hits / safe, total_confidence / safe
 
 
 def bar_chart(values: Tensor, reference: float | None = None) -> Tensor:
