@@ -116,13 +116,15 @@ def test_torch_float32_logits_give_the_float64_answer(overconfident_model):
 
 # (e) the optimiser.
 
-def test_minimiser_matches_a_dense_grid_on_a_non_convex_objective():
-    def objective(x: float) -> float:
-        return (x - 0.7) ** 2 + 0.3 * math.sin(5.0 * x)
-
+@pytest.mark.parametrize("objective", [
+    lambda x: 0.1 * (x - 2.0) ** 2 + np.sin(3.0 * x),
+    # five local minima, the global one deepened by a narrow dip near the left end
+    lambda x: 0.02 * x * x + np.cos(4.0 * x) - 0.5 * np.exp(-4.0 * (x + 2.2) ** 2),
+], ids=["sine in a bowl", "narrow global dip"])
+def test_minimiser_finds_the_global_minimum_of_a_multimodal_objective(objective):
     grid = np.linspace(-3.0, 3.0, 600_001)
-    values = (grid - 0.7) ** 2 + 0.3 * np.sin(5.0 * grid)
-    x = minimise_on_interval(objective, -3.0, 3.0)
+    values = objective(grid)
+    x = minimise_on_interval(lambda v: float(objective(v)), -3.0, 3.0)
     assert x == pytest.approx(grid[np.argmin(values)], abs=2e-5)
     assert objective(x) <= values.min() + 1e-12
 
