@@ -33,10 +33,13 @@ How to use::
     from lsl.noise import load_transition_matrix
     from lsl.temperature import fit_temperature_noise_aware, scaled_probabilities
 
-    logits = predict_logits(model, datamodule, datamodule.val_dataset)     # float32 [N, K]
+    datamodule.setup("fit"); datamodule.setup("test")
+    val = datamodule.val_set                                     # None when val_fraction is 0
+    logits = predict_logits(model, datamodule, val)              # float32 [N, K]
     T = load_transition_matrix("transition.npy", num_classes=logits.shape[1])
-    t = fit_temperature_noise_aware(logits, noisy_val_labels, T)
-    probabilities = scaled_probabilities(test_logits, t)                   # calibrated float64 [M, K]
+    t = fit_temperature_noise_aware(logits, val.noisy, T)        # val.clean only for fit_temperature_oracle
+    test_logits = predict_logits(model, datamodule, datamodule.test_set)
+    probabilities = scaled_probabilities(test_logits, t)         # calibrated float64 [M, K]
 """
 
 from __future__ import annotations
