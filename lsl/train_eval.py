@@ -1,6 +1,6 @@
 """The paper's denoising diagnostic: the trained model, in eval mode, over the whole noisy training split.
 
-Lukasik et al. (ICML 2020, section 4) measure denoising after training, with the final model run over the
+Lukasik et al. (ICML 2020) measure denoising after training, with the final model run over the
 training set without augmentation, against the true labels: overall, on the correctly labelled samples and on
 the mislabelled ones (39.92 / 48.58 / 53.01 % on the mislabelled ones for LS with alpha 0 / 0.1 / 0.2). The
 in-training ``train/*`` metrics cannot give these numbers: they average over an epoch of augmented batches
