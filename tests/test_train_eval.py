@@ -15,7 +15,7 @@ from conftest import QUICKSTART, QUIET, run_main, scalars
 from lightning.pytorch.loggers import Logger
 from torch import nn
 
-from lsl.data import Digits, NoisyDataset, NoisyLabelDataModule
+from lsl.data import Digits, ImageFolder, NoisyDataset, NoisyLabelDataModule
 from lsl.errors import ConfigError
 from lsl.module import Classifier
 from lsl.noise import SymmetricNoise
@@ -163,6 +163,42 @@ def test_an_empty_subset_gives_nan() -> None:
 def test_a_negative_period_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="every_n_epochs=-1"):
         TrainEvalDiagnostics(every_n_epochs=-1)
+
+
+class ColourClassifier(nn.Module):
+    """Predicts the class of a single-colour image from its strongest channel (red, green, blue: 0, 1, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * self.scale
+
+
+def test_an_image_folder_split_is_read_unaugmented_at_its_own_positions(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split, count in (("train", 10), ("val", 1)):
+        for k, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+            (tmp_path / "tree" / split / f"class{k}").mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 40), colour).save(tmp_path / "tree" / split / f"class{k}" / f"{i}.png")
+    data = NoisyLabelDataModule(dataset=ImageFolder(root=str(tmp_path / "tree"), image_size=32),
+                                noise=SymmetricNoise(0.5), noise_seed=0, val_fraction=0.3, eval_batch_size=4)
+    data.prepare_data()
+    data.setup("fit")
+    noisy, clean = data.train_set.noisy, data.train_set.clean
+    mislabelled = int((noisy != clean).sum())
+    assert len(clean) == 21 and 0 < mislabelled < 21
+    random_state = torch.get_rng_state()
+    metrics = TrainEvalDiagnostics.diagnostics(ColourClassifier(), data)
+    # The model gets every image's true class only if each logit row meets its own sample's labels.
+    assert metrics == pytest.approx({"train_eval/acc_clean": 1.0, "train_eval/acc_clean_correct": 1.0,
+                                     "train_eval/acc_clean_mislabelled": 1.0, "train_eval/memorised": 0.0,
+                                     "train_eval/acc_noisy": (21 - mislabelled) / 21})
+    # No random crop or flip was drawn: the training RNG is where it was.
+    assert torch.equal(torch.get_rng_state(), random_state)
 
 
 def test_lsl_fit_logs_the_five_tags_once_and_validate_does_not(tmp_path: Path, monkeypatch) -> None:
