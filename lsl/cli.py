@@ -39,6 +39,7 @@ from lsl.resume import (
     newest_run_with_last_checkpoint,
     use_atomic_checkpoints,
 )
+from lsl.train_eval import TrainEvalDiagnostics
 from lsl.views import TensorBoardViews
 
 
@@ -83,6 +84,7 @@ class LSLCLI(LightningCLI):
         parser.add_lightning_class_args(DivergenceGuard, "divergence")
         parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
         parser.add_lightning_class_args(TensorBoardViews, "views")
+        parser.add_lightning_class_args(TrainEvalDiagnostics, "train_eval")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": 0,

@@ -103,6 +103,37 @@ def test_the_best_epoch_is_the_first_maximum_of_the_noisy_validation_accuracy(sw
     assert curve == pytest.approx([0.1, 0.3, 0.9])
 
 
+def test_memorised_and_corrected_read_the_train_eval_diagnostic_when_a_run_has_it(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "logs" / "study"
+    val = [0.5, 0.6, 0.6]
+    diagnostic = {"train_eval/memorised": [(30, 0.25)], "train_eval/acc_clean_mislabelled": [(30, 0.6)]}
+    with_it = fake_run(root, "loss=ce__seed_everything=0", {"model.init_args.loss": "ce", "seed_everything": "0"},
+                       config(CE), {**classifier_scalars(0.7, 0.2, 0.8, [0.1, 0.3, 0.9], val), **diagnostic})
+    fake_run(root, "loss=ce__seed_everything=1", {"model.init_args.loss": "ce", "seed_everything": "1"},
+             config(CE), classifier_scalars(0.7, 0.2, 0.8, [0.1, 0.3, 0.7], val))
+    metrics, curve = run_metrics(read_scalars(with_it))
+    # The last epoch's columns are the diagnostic's; the best epoch (2) and the curve stay in-training counts.
+    assert metrics["memorised"] == pytest.approx(0.25) and metrics["corrected"] == pytest.approx(0.6)
+    assert metrics["best_memorised"] == pytest.approx(0.3) and metrics["best_corrected"] == pytest.approx(0.5)
+    assert curve == pytest.approx([0.1, 0.3, 0.9])
+
+    results, _ = load_runs(root)
+    assert sorted(run.denoising_source for run in results) == ["train", "train_eval"]
+    [ce] = summarise(results)
+    assert ce.values("memorised") == pytest.approx([0.25, 0.7]) and ce.values("corrected") == pytest.approx([0.6, 0.5])
+    assert run_main(["report", str(root)]) == 0
+    table = (root / "report" / "results.md").read_text()
+    assert "| CE | 0 | 2 | 70.00 +- 0.00 | 0.200 +- 0.000 | 1.000 +- 0.000 | 47.5 +- 31.8 | 55.0 +- 7.1 |" in table
+    assert "as the paper measures it (train_eval/memorised, train_eval/acc_clean_mislabelled) in 1 of the 2 runs" in table
+
+    (root / "loss=ce__seed_everything=1" / DONE_FILE).unlink()  # unfinished now: only the run with the diagnostic
+    assert run_main(["report", str(root)]) == 0
+    table = (root / "report" / "results.md").read_text()
+    assert "| CE | 0 | 1 | 70.00 | 0.200 | 1.000 | 25.0 | 60.0 |" in table
+    assert ("as the paper measures it (train_eval/memorised, train_eval/acc_clean_mislabelled); at the best epoch, "
+            "over the epoch's augmented batches (train/memorised, train/corrected)") in table
+
+
 def test_a_resumed_run_keeps_the_later_value_of_a_step_logged_twice(tmp_path: Path) -> None:
     run = tmp_path / "run"
     write_events(run, {"test/acc": [(30, 0.1)], "train/memorised": [(10, 0.2), (20, 0.3)]})
@@ -125,6 +156,8 @@ def test_the_report_writes_tables_csv_and_plots_also_to_tensorboard(sweep_dir: P
     # Best-validation epochs: seed 0 peaks at epoch 2, seed 1 at epoch 2 as well; test_best/acc is 0.8.
     assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 2 | 2.0 +- 0.0 | 80.00 +- 0.00 | 0.100 +- 0.000 |" in table
     assert "training diverged at step 3" in table and "Best noisy-validation epoch" in table
+    # Runs without train_eval/* (made before lsl logged it): memorised and corrected are the in-training counts.
+    assert "as their true label, over the epoch's augmented batches. Mean +- sample std over seeds." in table
     with open(out / "results.csv") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert float(rows["CE"]["acc_mean"]) == pytest.approx(0.72) and float(rows["LS"]["best_acc_mean"]) == pytest.approx(0.85)

@@ -22,9 +22,15 @@ from lsl.errors import ConfigError
 from lsl.report.describe import describe
 from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, recorded_fingerprint
 
-# (column, how it is read, scale for the Markdown table, decimals)
+# Where the last-epoch memorised and corrected columns come from: the paper's diagnostic (the final model in eval
+# mode over the un-augmented training split, lsl.train_eval) when a run logged it, else the in-training counts
+# over the last epoch's augmented batches (runs made before lsl logged train_eval/*).
+DENOISING_TAGS = {"train_eval": ("train_eval/memorised", "train_eval/acc_clean_mislabelled"),
+                  "train": ("train/memorised", "train/corrected")}
+# (column, how it is read (the first tag the run has), scale for the Markdown table, decimals)
 LAST_METRICS = [("acc", "test/acc", 100, 2), ("ece", "test/ece", 1, 3), ("nll", "test/nll", 1, 3),
-                ("memorised", "train/memorised", 100, 1), ("corrected", "train/corrected", 100, 1)]
+                ("memorised", tuple(tags[0] for tags in DENOISING_TAGS.values()), 100, 1),
+                ("corrected", tuple(tags[1] for tags in DENOISING_TAGS.values()), 100, 1)]
 BEST_METRICS = [("best_epoch", None, 1, 1), ("best_acc", "test_best/acc", 100, 2), ("best_ece", "test_best/ece", 1, 3),
                 ("best_nll", "test_best/nll", 1, 3), ("best_memorised", "train/memorised", 100, 1),
                 ("best_corrected", "train/corrected", 100, 1)]
@@ -43,6 +49,7 @@ class RunResult:
     group: tuple
     metrics: dict[str, float] = field(default_factory=dict)
     memorisation: list[float] = field(default_factory=list)  # train/memorised per epoch
+    denoising_source: str | None = None  # which DENOISING_TAGS the last-epoch memorised and corrected come from
     error: str | None = None  # why the run failed
     unreadable: str | None = None  # why a finished run's numbers cannot be read
     stale: str | None = None  # why the run is not of the sweep as it is now
@@ -145,8 +152,9 @@ def run_metrics(scalars: Scalars) -> tuple[dict[str, float], list[float]]:
     """The last-epoch and best-validation-epoch metrics of one run, its ``top_class_share`` (the collapse
     check), and its memorisation curve."""
     metrics = {}
-    for column, tag, _, _ in LAST_METRICS:
-        if scalars.get(tag):
+    for column, tags, _, _ in LAST_METRICS:
+        tag = next((tag for tag in (tags if isinstance(tags, tuple) else (tags,)) if scalars.get(tag)), None)
+        if tag is not None:
             metrics[column] = _last(scalars[tag])
     if scalars.get(TOP_CLASS_SHARE):
         metrics["top_class_share"] = _last(scalars[TOP_CLASS_SHARE])
@@ -161,6 +169,11 @@ def run_metrics(scalars: Scalars) -> tuple[dict[str, float], list[float]]:
                 metrics[column] = _last(values) if tag.startswith("test_best/") else _at_step(values, best_step)
     memorised = scalars.get("train/memorised", {})
     return metrics, [memorised[step] for step in sorted(memorised)]
+
+
+def denoising_source(scalars: Scalars) -> str | None:
+    """Which of ``DENOISING_TAGS`` a run's last-epoch memorised and corrected columns are read from (None: neither)."""
+    return next((source for source, tags in DENOISING_TAGS.items() if scalars.get(tags[0])), None)
 
 
 def _last(values: dict[int, float]) -> float:
@@ -194,6 +207,7 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
         if done:
             result.unreadable, scalars = _unreadable(directory)
             result.metrics, result.memorisation = run_metrics(scalars)
+            result.denoising_source = denoising_source(scalars)
         else:
             result.error = json.loads((directory / FAILED_FILE).read_text()).get("error") or "failed"
         results.append(result)

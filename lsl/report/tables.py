@@ -47,10 +47,27 @@ def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[Ru
     if unreadable:
         lines += ["## Unreadable runs", "", "Finished, but left out of the tables: their numbers cannot be read.", ""]
         lines += [f"- `{run.directory}`: {run.unreadable}" for run in unreadable] + [""]
-    lines += ["acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
-              "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
-              "label, over the epoch's augmented batches. Mean +- sample std over seeds.", ""]
+    lines += [legend(summaries), ""]
     return "\n".join(lines)
+
+
+def legend(summaries: list[GroupSummary]) -> str:
+    """What the columns mean; for memorised and corrected, which measurement the finished runs logged."""
+    runs = [run for summary in summaries for run in summary.finished]
+    diagnostic = sum(run.denoising_source == "train_eval" for run in runs)
+    in_training = "over the epoch's augmented batches (train/memorised, train/corrected)"
+    paper = ("by the final model in eval mode over the un-augmented training split, as the paper measures it "
+             "(train_eval/memorised, train_eval/acc_clean_mislabelled)")
+    if diagnostic == 0:
+        how = "over the epoch's augmented batches"
+    elif diagnostic == len(runs):
+        how = f"{paper}; at the best epoch, {in_training}"
+    else:
+        how = (f"at the last epoch, {paper} in {diagnostic} of the {len(runs)} runs, and {in_training} in the "
+               f"others (made before lsl logged train_eval/*); at the best epoch, {in_training}")
+    return ("acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
+            "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
+            f"label, {how}. Mean +- sample std over seeds.")
 
 
 def _heading(column: str) -> str:
