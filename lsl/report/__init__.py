@@ -4,7 +4,9 @@ Runs that differ only in their seeds (grid keys with ``seed`` in their name) for
 the mean and sample standard deviation over its seeds of
 
 - at the **last epoch**: ``test/acc``, ``test/ece``, ``test/nll``, and on the mislabelled training samples the
-  share predicted as their noisy label (``train/memorised``) and as their true label (``train/corrected``);
+  share predicted as their noisy label and as their true label: from the end-of-fit un-augmented pass
+  (``train_eval/memorised``, ``train_eval/acc_clean_mislabelled``) where a run logged it, else from the
+  in-training counts (``train/memorised``, ``train/corrected``; the table's legend says which);
 - at the **best noisy-validation epoch** (the highest ``val/acc_noisy``; never the best test epoch): the same,
   read from ``test_best/*``, which ``lsl fit`` logs when it keeps that checkpoint
   (``--checkpoint.monitor=val/acc_noisy``, as the sweeps in ``configs/sweeps/`` do).
