@@ -276,10 +276,7 @@ def fit_temperature_noisy(logits: object, noisy_labels: object,
     Returns:
         The fitted temperature ``t``.
     """
-    f = validate_logits(logits)
-    y = validate_labels(noisy_labels, f.shape[0], f.shape[1], name="noisy_labels")
-    g = _shifted(f)
-    return _fit(lambda t: _nll(g, y, t), bounds)
+    return _fit_label_nll(logits, noisy_labels, "noisy_labels", bounds)
 
 
 def fit_temperature_noise_aware(logits: object, noisy_labels: object, transition: object,
@@ -323,7 +320,12 @@ def fit_temperature_oracle(logits: object, clean_labels: object,
     Returns:
         The fitted temperature ``t``.
     """
+    return _fit_label_nll(logits, clean_labels, "clean_labels", bounds)
+
+
+def _fit_label_nll(logits: object, labels: object, name: str, bounds: tuple[float, float]) -> float:
+    """``argmin_t mean(-log softmax(f / t)_label)``: the noisy fit and the oracle differ only in the labels."""
     f = validate_logits(logits)
-    y = validate_labels(clean_labels, f.shape[0], f.shape[1], name="clean_labels")
+    y = validate_labels(labels, f.shape[0], f.shape[1], name=name)
     g = _shifted(f)
     return _fit(lambda t: _nll(g, y, t), bounds)
