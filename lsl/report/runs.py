@@ -50,6 +50,8 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     memorisation: list[float] = field(default_factory=list)  # train/memorised per epoch
     denoising_source: str | None = None  # which DENOISING_TAGS the last-epoch memorised and corrected come from
+    in_training: dict[str, float] = field(default_factory=dict)  # the train/* last-epoch memorised and corrected
+    train_eval_set_aside: bool = False  # it logged train_eval/*, but other runs did not: its train/* are shown
     error: str | None = None  # why the run failed
     unreadable: str | None = None  # why a finished run's numbers cannot be read
     stale: str | None = None  # why the run is not of the sweep as it is now
@@ -171,6 +173,29 @@ def run_metrics(scalars: Scalars) -> tuple[dict[str, float], list[float]]:
     return metrics, [memorised[step] for step in sorted(memorised)]
 
 
+def in_training_denoising(scalars: Scalars) -> dict[str, float]:
+    """The last-epoch ``memorised`` and ``corrected`` of the in-training counts (``train/*``), where logged."""
+    columns = ("memorised", "corrected")
+    return {column: _last(scalars[tag]) for column, tag in zip(columns, DENOISING_TAGS["train"]) if scalars.get(tag)}
+
+
+def one_denoising_source(results: list[RunResult]) -> None:
+    """Make the memorised and corrected columns one measurement across the report: when some finished runs
+    logged ``train_eval/*`` and others did not (made before lsl logged it), every run shows its in-training
+    counts; a mean of the two kinds in one cell would be neither. The legend says so."""
+    finished = [run for run in results if run.denoising_source is not None]
+    if {run.denoising_source for run in finished} != set(DENOISING_TAGS):
+        return
+    for run in finished:
+        if run.denoising_source == "train_eval":
+            for column in ("memorised", "corrected"):
+                if column in run.in_training:
+                    run.metrics[column] = run.in_training[column]
+                else:
+                    run.metrics.pop(column, None)
+            run.denoising_source, run.train_eval_set_aside = "train", True
+
+
 def denoising_source(scalars: Scalars) -> str | None:
     """Which of ``DENOISING_TAGS`` a run's last-epoch memorised and corrected columns are read from (None: neither)."""
     return next((source for source, tags in DENOISING_TAGS.items() if scalars.get(tags[0])), None)
@@ -208,9 +233,11 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
             result.unreadable, scalars = _unreadable(directory)
             result.metrics, result.memorisation = run_metrics(scalars)
             result.denoising_source = denoising_source(scalars)
+            result.in_training = in_training_denoising(scalars)
         else:
             result.error = json.loads((directory / FAILED_FILE).read_text()).get("error") or "failed"
         results.append(result)
+    one_denoising_source(results)
     return results, unfinished
 
 

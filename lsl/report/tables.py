@@ -55,16 +55,17 @@ def legend(summaries: list[GroupSummary]) -> str:
     """What the columns mean; for memorised and corrected, which measurement the finished runs logged."""
     runs = [run for summary in summaries for run in summary.finished]
     diagnostic = sum(run.denoising_source == "train_eval" for run in runs)
+    set_aside = sum(run.train_eval_set_aside for run in runs)
     in_training = "over the epoch's augmented batches (train/memorised, train/corrected)"
     paper = ("by the final model in eval mode over the un-augmented training split, as the paper measures it "
              "(train_eval/memorised, train_eval/acc_clean_mislabelled)")
-    if diagnostic == 0:
+    if set_aside:
+        how = (f"{in_training}, in every run: {len(runs) - set_aside} of the {len(runs)} runs were made before lsl "
+               "logged train_eval/*, and one column holds one measurement")
+    elif diagnostic == 0:
         how = "over the epoch's augmented batches"
-    elif diagnostic == len(runs):
-        how = f"{paper}; at the best epoch, {in_training}"
     else:
-        how = (f"at the last epoch, {paper} in {diagnostic} of the {len(runs)} runs, and {in_training} in the "
-               f"others (made before lsl logged train_eval/*); at the best epoch, {in_training}")
+        how = f"{paper}; at the best epoch, {in_training}"
     return ("acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
             "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
             f"label, {how}. Mean +- sample std over seeds.")
