@@ -313,9 +313,3 @@ def fit_config_checker():
             raise ConfigError(parser_error_line(str(error))) from None
 
     return check
-
-
-def check_fit_config(config_files: list[str]) -> None:
-    """Parses ``lsl fit --config F1 --config F2 ...`` without running or instantiating anything; a key or value
-    that ``lsl fit`` rejects is a ConfigError naming it."""
-    fit_config_checker()(config_files)
