@@ -39,6 +39,7 @@ from lsl.resume import (
     newest_run_with_last_checkpoint,
     use_atomic_checkpoints,
 )
+from lsl.temperature_scaling import TemperatureScaling
 from lsl.train_eval import TrainEvalDiagnostics
 from lsl.views import TensorBoardViews
 
@@ -85,6 +86,7 @@ class LSLCLI(LightningCLI):
         parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
         parser.add_lightning_class_args(TensorBoardViews, "views")
         parser.add_lightning_class_args(TrainEvalDiagnostics, "train_eval")
+        parser.add_lightning_class_args(TemperatureScaling, "temperature")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": 0,
@@ -143,6 +145,9 @@ class LSLCLI(LightningCLI):
                 self._checkpoint = (str(path), read_checkpoint(path))
 
     def after_instantiate_classes(self) -> None:
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, TemperatureScaling):
+                callback.check_data(self.datamodule)
         if self._checkpoint is None:
             return
         path, checkpoint = self._checkpoint

@@ -304,7 +304,9 @@ class Classifier(pl.LightningModule):
         self.val_metrics["loss"].update(self.loss(logits, batch.noisy_target).expand(len(batch.noisy_target)))
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Updates the test metrics; returns the float32 logits, which callbacks (temperature scaling, the
+        views) receive as ``outputs`` instead of running the model again."""
         logits = self(batch.input).float()
         predictions = logits.argmax(dim=1)
         self.test_metrics["acc"].update(predictions, batch.clean_target)
@@ -314,6 +316,7 @@ class Classifier(pl.LightningModule):
         self.test_metrics["ece"].update(logits.softmax(dim=1), batch.clean_target)
         self.log_dict({self.test_prefix + name: metric for name, metric in self.test_metrics.items(keep_base=True)},
                       on_epoch=True)
+        return logits
 
     @property
     def test_prefix(self) -> str:
