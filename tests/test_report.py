@@ -136,6 +136,34 @@ def test_memorised_and_corrected_read_the_train_eval_diagnostic_when_a_run_has_i
             "over the epoch's augmented batches (train/memorised, train/corrected)") in table
 
 
+def test_the_calibration_table_shows_each_temperature_and_the_ece_after_it(tmp_path: Path) -> None:
+    root = tmp_path / "logs" / "study"
+    val = [0.5, 0.6, 0.6]
+    for seed, shift in enumerate([0.0, 0.2]):
+        scaled = {f"test/{tag}_{name}": [(30, value + shift)] for tag, values in (
+            ("temperature", {"noisy": 2.0, "noise_aware": 1.0, "oracle": 0.5}),
+            ("ece_scaled", {"noisy": 0.3, "noise_aware": 0.1, "oracle": 0.05})) for name, value in values.items()}
+        fake_run(root, f"loss=ls0.4__seed_everything={seed}", {"model.init_args.loss": "ls0.4",
+                                                               "seed_everything": str(seed)},
+                 config(LS), {**classifier_scalars(0.7, 0.2, 0.8, [0.1, 0.3, 0.9], val), **scaled})
+    [ls] = summarise(load_runs(root)[0])
+    assert ls.mean("t_noise_aware") == pytest.approx(1.1) and ls.mean("ece_oracle") == pytest.approx(0.15)
+    assert run_main(["report", str(root)]) == 0
+    table = (root / "report" / "results.md").read_text()
+    assert "## Calibration after temperature scaling (last epoch)" in table
+    assert "| ece | t_noisy | ece_noisy | t_noise_aware | ece_noise_aware | t_oracle | ece_oracle |" in table
+    assert ("| LS | 0.4 | 2 | 0.200 +- 0.000 | 2.10 +- 0.14 | 0.400 +- 0.141 | 1.10 +- 0.14 | 0.200 +- 0.141 "
+            "| 0.60 +- 0.14 | 0.150 +- 0.141 |") in table
+    with open(root / "report" / "results.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["t_oracle_mean"]) == pytest.approx(0.6) and float(row["ece_noisy_mean"]) == pytest.approx(0.4)
+
+
+def test_runs_without_temperatures_get_no_calibration_table(sweep_dir: Path) -> None:
+    assert run_main(["report", str(sweep_dir)]) == 0
+    assert "Calibration after temperature scaling" not in (sweep_dir / "report" / "results.md").read_text()
+
+
 def test_a_resumed_run_keeps_the_later_value_of_a_step_logged_twice(tmp_path: Path) -> None:
     run = tmp_path / "run"
     write_events(run, {"test/acc": [(30, 0.1)], "train/memorised": [(10, 0.2), (20, 0.3)]})

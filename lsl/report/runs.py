@@ -34,6 +34,12 @@ LAST_METRICS = [("acc", "test/acc", 100, 2), ("ece", "test/ece", 1, 3), ("nll", 
 BEST_METRICS = [("best_epoch", None, 1, 1), ("best_acc", "test_best/acc", 100, 2), ("best_ece", "test_best/ece", 1, 3),
                 ("best_nll", "test_best/nll", 1, 3), ("best_memorised", "train/memorised", 100, 1),
                 ("best_corrected", "train/corrected", 100, 1)]
+# Post-hoc temperature scaling of the final weights (lsl.temperature_scaling): the raw test ECE, then each fit's
+# temperature and the test ECE after it. Runs made before lsl fitted temperatures have none of these.
+CALIBRATION_METRICS = [("ece", "test/ece", 1, 3)] + [
+    (f"{column}_{name}", f"test/{tag}_{name}", 1, decimals)
+    for name in ("noisy", "noise_aware", "oracle")
+    for column, tag, decimals in (("t", "temperature", 2), ("ece", "ece_scaled", 3))]
 SELECTION_METRIC = "val/acc_noisy"
 METHOD_ORDER = ["CE", "LS", "FC", "BC", "KD"]
 
@@ -157,6 +163,9 @@ def run_metrics(scalars: Scalars) -> tuple[dict[str, float], list[float]]:
     for column, tags, _, _ in LAST_METRICS:
         tag = next((tag for tag in (tags if isinstance(tags, tuple) else (tags,)) if scalars.get(tag)), None)
         if tag is not None:
+            metrics[column] = _last(scalars[tag])
+    for column, tag, _, _ in CALIBRATION_METRICS[1:]:
+        if scalars.get(tag):
             metrics[column] = _last(scalars[tag])
     if scalars.get(TOP_CLASS_SHARE):
         metrics["top_class_share"] = _last(scalars[TOP_CLASS_SHARE])

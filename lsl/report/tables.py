@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lsl.diagnostics import COLLAPSE_SHARE
-from lsl.report.runs import BEST_METRICS, LAST_METRICS, GroupSummary, RunResult
+from lsl.report.runs import BEST_METRICS, CALIBRATION_METRICS, LAST_METRICS, GroupSummary, RunResult
 
 DESCRIPTION_COLUMNS = ["stage", "dataset", "noise", "rate", "teacher", "method", "alpha"]
 
@@ -17,7 +17,10 @@ def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[Ru
     the lists of failed, collapsed, and ``left_out`` (stale or unreadable) runs."""
     columns = [column for column in DESCRIPTION_COLUMNS if any(_shown(s.description.get(column)) for s in summaries)]
     lines = [f"# {title}", ""]
-    for heading, metrics in (("Last epoch", LAST_METRICS), ("Best noisy-validation epoch", BEST_METRICS)):
+    tables = [("Last epoch", LAST_METRICS), ("Best noisy-validation epoch", BEST_METRICS)]
+    if _has_temperatures(summaries):
+        tables.append(("Calibration after temperature scaling (last epoch)", CALIBRATION_METRICS))
+    for heading, metrics in tables:
         names = [_heading(column) for column, *_ in metrics]
         lines += [f"## {heading}", "", "| " + " | ".join(columns + ["runs"] + names) + " |",
                   "|" + "---|" * (len(columns) + 1 + len(names))]
@@ -68,7 +71,18 @@ def legend(summaries: list[GroupSummary]) -> str:
         how = f"{paper}; at the best epoch, {in_training}"
     return ("acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
             "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
-            f"label, {how}. Mean +- sample std over seeds.")
+            f"label, {how}.{TEMPERATURE_LEGEND if _has_temperatures(summaries) else ''} Mean +- sample std over "
+            "seeds.")
+
+
+TEMPERATURE_LEGEND = (" t_noisy, t_noise_aware, t_oracle: the temperatures fitted on the validation split to the "
+                      "noisy labels, to the noisy labels through T (forward-corrected), and to the clean labels (a "
+                      "reference no practitioner has); ece_<fit>: the test ECE after dividing the logits by that "
+                      "temperature.")
+
+
+def _has_temperatures(summaries: list[GroupSummary]) -> bool:
+    return any(summary.mean(column) is not None for summary in summaries for column, *_ in CALIBRATION_METRICS[1:])
 
 
 def _heading(column: str) -> str:
@@ -95,7 +109,7 @@ def _mean_std(summary: GroupSummary, metric: str, scale: float, decimals: int) -
 
 
 def write_csv(summaries: list[GroupSummary], path: Path) -> None:
-    metrics = [column for column, *_ in LAST_METRICS + BEST_METRICS]
+    metrics = [column for column, *_ in LAST_METRICS + BEST_METRICS + CALIBRATION_METRICS[1:]]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(DESCRIPTION_COLUMNS + ["runs", "failed"]
