@@ -1,18 +1,22 @@
-"""TensorBoard views that explain a run: calibration, memorisation and the noise, as images and histograms.
+"""TensorBoard views that explain a run: calibration, memorisation and the noise, as figures and histograms.
 
 :class:`TensorBoardViews` is a callback that the ``lsl`` command adds to every run. It logs a few times per
 run, never per step: at the end of every ``every_n_epochs``-th validation it looks at a fixed subset of the
 training set, and at the end of testing it looks at the test set and fills TensorBoard's hparams tab.
 
-Images are drawn as small uint8 tensors here (no plotting library): a heat map cell, a bar or a line per
-value, with no text. What each axis means is in docs/views.md.
+Each image is a matplotlib figure with axes, axis labels, a title and a legend (or a colour bar), logged with
+``SummaryWriter.add_figure``. matplotlib is imported by the functions that draw, not with this module, and
+the figures are :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas: no pyplot state, no
+window. What each picture means is in docs/views.md.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,21 +31,25 @@ from lsl.inference import predict_logits
 from lsl.losses import CrossEntropy, LabelSmoothing, TransitionMatrixLoss
 from lsl.module import TEST_PREFIX, Classifier
 from lsl.noise import NoNoise
+from lsl.temperature import scaled_probabilities
+from lsl.temperature_scaling import TemperatureScaling
 
-WHITE = (255, 255, 255)
-INK = (8, 48, 107)  # the dark end of the heat map
-BAR = (31, 119, 180)
-GAP = (255, 152, 150)  # distance between accuracy and confidence in the reliability diagram
-LINE = (214, 39, 40)
-GUIDE = (150, 150, 150)
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-HEATMAP_SIZE = 160  # pixels per K x K matrix (K cells of 160 // K pixels)
-MATRIX_GAP = 8  # white pixels between the model's matrix and the true T
-BIN_WIDTH = 10  # pixels per reliability bin; the plot is square
-COUNT_STRIP = 30  # height of the strip under the reliability diagram that shows how many samples each bin holds
-STRIP_GAP = 4
-CHART_WIDTH = 320  # per-class accuracy: K bars of 320 // K pixels
-CHART_HEIGHT = 100
+ACCURACY_COLOUR = "#9e9e9e"  # the bar up to a bin's accuracy: neutral, so the two gap colours stand out
+OVER_COLOUR = "#d62728"  # over-confidence: mean confidence above accuracy (cross-entropy late in training)
+UNDER_COLOUR = "#1f77b4"  # under-confidence: accuracy above mean confidence (what label smoothing causes)
+OVER_LABEL = "over-confidence (confidence > accuracy)"
+UNDER_LABEL = "under-confidence (accuracy > confidence)"
+DIAGONAL_LABEL = "perfect calibration"
+LEGEND_HEADROOM = 1.36  # the reliability axes end here, above accuracy 1, to hold the legend
+MAX_TICK_CLASSES = 20  # one tick label per class up to this many classes; beyond, matplotlib's own ticks
+FIT_TITLES = {
+    "noisy": "after noisy-label scaling",
+    "noise_aware": "after noise-aware scaling",
+    "oracle": "after oracle scaling",
+}
 
 DEFAULT_HPARAM_METRICS = (
     "test/acc", "test/nll", "test/ece", "test/logit_norm", "val/acc_noisy", "val/acc_clean",
@@ -52,71 +60,215 @@ DEFAULT_HPARAM_METRICS = (
 # ------------------------------------------------------------------------------------------------ drawing
 
 
-def _canvas(height: int, width: int) -> Tensor:
-    return torch.tensor(WHITE, dtype=torch.uint8).view(3, 1, 1).repeat(1, height, width)
+def _new_figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` x ``height`` inches, outside pyplot (rendered by the Agg canvas)."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        # SummaryWriter.add_figure imports pyplot: a headless backend for a training process, chosen before
+        # pyplot picks one; a session that already uses pyplot (a notebook) keeps its own.
+        matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _fill(image: Tensor, rows: slice, cols: slice, colour: tuple[int, int, int]) -> None:
-    image[:, rows, cols] = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)
+def _class_ticks(axis: Any, num_classes: int, which: str) -> None:
+    if num_classes <= MAX_TICK_CLASSES:
+        getattr(axis, f"set_{which}ticks")(range(num_classes))
 
 
-def heatmap(matrix: Tensor | np.ndarray, cell: int) -> Tensor:
-    """A K x K matrix of values in [0, 1] as a uint8 ``[3, K * cell, K * cell]`` image, white at 0, dark at 1.
+def confusion_figure(model_matrix: Tensor | np.ndarray, true_T: Tensor | np.ndarray) -> Figure:
+    """The model's ``P(noisy label = j | predicted class = i)`` beside the data's true T, as two heat maps.
 
-    The shade follows sqrt(value), so that the small off-diagonal mass of label noise stays visible.
+    Both use one colour scale from 0 to 1 (a shared colour bar) with a square-root norm (``PowerNorm(0.5)``),
+    so that the small off-diagonal mass of label noise shows. A model that predicts the clean class gives a
+    left map like the right one; one that memorised its labels gives the identity.
+
+    Args:
+        model_matrix: ``[K, K]``, row i (predicted class) and column j (noisy label), e.g.
+            :func:`prediction_vs_noisy_label`.
+        true_T: ``[K, K]`` transition matrix, ``T[i, j] = P(noisy label = j | clean class = i)``.
+
+    Returns:
+        The figure (two axes and the colour bar's).
     """
-    values = torch.as_tensor(matrix, dtype=torch.float32).clamp(0.0, 1.0).sqrt()
-    white = torch.tensor(WHITE, dtype=torch.float32).view(3, 1, 1)
-    ink = torch.tensor(INK, dtype=torch.float32).view(3, 1, 1)
-    image = white + (ink - white) * values.unsqueeze(0)
-    return image.round().to(torch.uint8).repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
+    from matplotlib.colors import PowerNorm
+
+    left = np.asarray(torch.as_tensor(model_matrix, dtype=torch.float64).cpu())
+    right = np.asarray(torch.as_tensor(true_T, dtype=torch.float64).cpu())
+    num_classes = len(left)
+    figure = _new_figure(10.0, 4.6)
+    axes = figure.subplots(1, 2)
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
+    panels = ((left, "model: P(noisy label j | predicted class i)", "predicted class i"),
+              (right, "data: true T[i, j] = P(noisy label j | clean class i)", "clean class i"))
+    for axis, (matrix, title, ylabel) in zip(axes, panels):
+        image = axis.imshow(matrix, cmap="Blues", norm=norm, interpolation="nearest")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("noisy label j")
+        axis.set_ylabel(ylabel)
+        _class_ticks(axis, num_classes, "x")
+        _class_ticks(axis, num_classes, "y")
+    colour_bar = figure.colorbar(image, ax=list(axes), shrink=0.85)
+    colour_bar.set_label("probability (square-root scale)")
+    return figure
 
 
-def matrices_side_by_side(left: Tensor | np.ndarray, right: Tensor | np.ndarray) -> Tensor:
-    """Two K x K heat maps, ``left`` then ``right``, ``MATRIX_GAP`` white pixels apart."""
-    cell = max(1, HEATMAP_SIZE // len(left))
-    images = [heatmap(left, cell), _canvas(len(left) * cell, MATRIX_GAP), heatmap(right, cell)]
-    return torch.cat(images, dim=2)
+@dataclass(frozen=True)
+class ReliabilityPanel:
+    """What one panel of the reliability figure draws: the binning of one (raw or scaled) model's confidences.
 
-
-def reliability_diagram(confidence: Tensor, correct: Tensor, bins: int) -> Tensor:
-    """The reliability diagram of Guo et al. (ICML 2017) as a uint8 image.
-
-    The square plot has one column per equal-width confidence bin (x: confidence 0 to 1, y: 0 to 1): a bar
-    up to the bin's accuracy, a pink band from there to its mean confidence, and the grey diagonal of
-    perfect calibration. Below it, a strip shows the share of samples in each bin. Size:
-    ``[3, bins * BIN_WIDTH + STRIP_GAP + COUNT_STRIP, bins * BIN_WIDTH]``.
+    Attributes:
+        name: ``"raw"`` for the model itself, else the temperature fit's name (``"noisy"``, ``"noise_aware"``,
+            ``"oracle"``).
+        temperature: ``t`` of ``softmax(logits / t)``; 1.0 for the raw model.
+        counts: ``[bins]`` samples per bin.
+        accuracy: ``[bins]`` accuracy per bin (0 where empty).
+        confidence: ``[bins]`` mean confidence per bin (0 where empty).
+        ece: The sample-weighted mean of ``|accuracy - confidence|``: the expected calibration error.
     """
-    size = bins * BIN_WIDTH
-    image = _canvas(size + STRIP_GAP + COUNT_STRIP, size)
-    counts, accuracy, mean_confidence = bin_statistics(confidence.cpu(), correct.cpu(), bins)
-    for b in torch.nonzero(counts).flatten().tolist():
-        cols = slice(b * BIN_WIDTH, (b + 1) * BIN_WIDTH - 1)
-        bar_top = size - round(accuracy[b].item() * size)
-        confidence_top = size - round(mean_confidence[b].item() * size)
-        _fill(image, slice(min(bar_top, confidence_top), max(bar_top, confidence_top)), cols, GAP)
-        _fill(image, slice(bar_top, size), cols, BAR)
-        strip_height = round(counts[b].item() / counts.max().item() * COUNT_STRIP)
-        _fill(image, slice(image.shape[1] - strip_height, image.shape[1]), cols, GUIDE)
-    diagonal = torch.arange(size)
-    image[:, size - 1 - diagonal, diagonal] = torch.tensor(GUIDE, dtype=torch.uint8).view(3, 1)
-    return image
+
+    name: str
+    temperature: float
+    counts: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+    ece: float
+
+    @property
+    def title(self) -> str:
+        """The panel's title: which model, its temperature and its ECE."""
+        if self.name == "raw":
+            return f"raw model (t = 1)\nECE = {self.ece:.4f}"
+        title = f"{FIT_TITLES.get(self.name, f'after {self.name} scaling')}, t = {self.temperature:.3g}"
+        if self.name == "oracle":
+            title += "\n(a reference: fitted on the clean validation labels)"
+        return f"{title}\nECE = {self.ece:.4f}"
 
 
-def bar_chart(values: Tensor, reference: float | None = None) -> Tensor:
-    """Values in [0, 1] as bars (one per class, left to right) and ``reference`` as a red horizontal line.
+def reliability_panels(logits: Tensor | np.ndarray, targets: Tensor | np.ndarray, bins: int,
+                       temperatures: dict[str, float]) -> list[ReliabilityPanel]:
+    """The numbers of :func:`reliability_figure`: one panel for the raw model, then one per temperature.
 
-    Size: ``[3, CHART_HEIGHT, K * max(1, CHART_WIDTH // K)]``.
+    Each bins the float64 probabilities :func:`lsl.temperature.scaled_probabilities` gives (``t = 1`` for the
+    raw model) with :func:`lsl.calibration.bin_statistics`, the binning of ``test/ece``; so the raw panel's
+    ECE is ``test/ece`` and each scaled one ``test/ece_scaled_<name>`` when ``bins`` is the test ECE's.
+
+    Args:
+        logits: ``[N, K]`` test logits.
+        targets: ``[N]`` clean test labels.
+        bins: Equal-width confidence bins.
+        temperatures: Fitted temperatures by name, e.g. :attr:`TemperatureScaling.temperatures`; may be empty.
+
+    Returns:
+        The raw panel, then one per entry of ``temperatures`` in its order.
     """
-    width = max(1, CHART_WIDTH // len(values))
-    image = _canvas(CHART_HEIGHT, width * len(values))
-    for k, value in enumerate(values.clamp(0.0, 1.0).tolist()):
-        _fill(image, slice(CHART_HEIGHT - round(value * CHART_HEIGHT), CHART_HEIGHT),
-              slice(k * width, (k + 1) * width - (width > 2)), BAR)
-    if reference is not None:
-        row = min(CHART_HEIGHT - 1, CHART_HEIGHT - round(reference * CHART_HEIGHT))
-        _fill(image, slice(row, row + 1), slice(None), LINE)
-    return image
+    targets = torch.as_tensor(targets).long().cpu()
+    panels = []
+    for name, temperature in [("raw", 1.0), *temperatures.items()]:
+        probabilities = torch.from_numpy(scaled_probabilities(logits, temperature))
+        confidence, predictions = probabilities.max(dim=1)
+        counts, accuracy, mean_confidence = bin_statistics(confidence, predictions == targets, bins)
+        ece = ((counts * (accuracy - mean_confidence).abs()).sum() / counts.sum()).item()
+        panels.append(ReliabilityPanel(name, float(temperature), counts.numpy(), accuracy.numpy(),
+                                       mean_confidence.numpy(), ece))
+    return panels
+
+
+def reliability_figure(logits: Tensor | np.ndarray, targets: Tensor | np.ndarray, bins: int,
+                       temperatures: dict[str, float]) -> Figure:
+    """Reliability diagrams (Guo et al., ICML 2017) of the raw model and after each temperature scaling.
+
+    See :func:`reliability_panels` for the numbers and :func:`draw_reliability` for the picture.
+    """
+    return draw_reliability(reliability_panels(logits, targets, bins, temperatures))
+
+
+def draw_reliability(panels: list[ReliabilityPanel]) -> Figure:
+    """One column per panel: the reliability diagram above, the samples per bin below.
+
+    The diagram's x axis is the confidence (0 to 1) and its y axis the accuracy (0 to 1). Each non-empty bin
+    has a grey bar up to its accuracy; the gap from there to its mean confidence is red where the model is
+    over-confident (mean confidence above accuracy) and blue where it is under-confident (accuracy above mean
+    confidence); the dashed diagonal is perfect calibration. Below, the test samples in each bin.
+
+    Args:
+        panels: From :func:`reliability_panels`.
+
+    Returns:
+        The figure; its reliability axes come first in ``figure.axes``, then the count axes, one per panel.
+    """
+    from matplotlib.patches import Patch
+
+    figure = _new_figure(4.2 * len(panels), 6.4)
+    grid = figure.add_gridspec(2, len(panels), height_ratios=[3, 1])
+    diagrams = [figure.add_subplot(grid[0, column]) for column in range(len(panels))]
+    histograms = [figure.add_subplot(grid[1, column], sharex=diagrams[column]) for column in range(len(panels))]
+    for diagram, histogram, panel in zip(diagrams, histograms, panels):
+        bins = len(panel.counts)
+        width = 1.0 / bins
+        centres = (np.arange(bins) + 0.5) * width
+        full = panel.counts > 0
+        diagram.bar(centres[full], panel.accuracy[full], width=width, color=ACCURACY_COLOUR, edgecolor="white")
+        gap = panel.confidence - panel.accuracy
+        for side, colour, hatch in ((gap > 0, OVER_COLOUR, "//"), (gap < 0, UNDER_COLOUR, "\\\\")):
+            shown = full & side
+            diagram.bar(centres[shown], np.abs(gap[shown]), bottom=np.minimum(panel.accuracy, panel.confidence)[shown],
+                        width=width, color=colour, alpha=0.55, edgecolor=colour, hatch=hatch)
+        diagonal, = diagram.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="black", linewidth=1.0,
+                                 label=DIAGONAL_LABEL)
+        handles = [Patch(color=ACCURACY_COLOUR, label="accuracy per bin"),
+                   Patch(facecolor=OVER_COLOUR, alpha=0.55, hatch="//", edgecolor=OVER_COLOUR, label=OVER_LABEL),
+                   Patch(facecolor=UNDER_COLOUR, alpha=0.55, hatch="\\\\", edgecolor=UNDER_COLOUR,
+                         label=UNDER_LABEL),
+                   diagonal]
+        # The legend sits in a band above accuracy 1, where it hides no bin.
+        diagram.axhline(1.0, color="black", linewidth=0.6)
+        diagram.legend(handles=handles, loc="upper left", fontsize=7, frameon=False)
+        diagram.set_xlim(0.0, 1.0)
+        diagram.set_ylim(0.0, LEGEND_HEADROOM)
+        diagram.set_yticks(np.linspace(0.0, 1.0, 6))
+        diagram.set_xlabel("confidence")
+        diagram.set_ylabel("accuracy")
+        diagram.set_title(panel.title, fontsize=9)
+        histogram.bar(centres, panel.counts, width=width, color=ACCURACY_COLOUR, edgecolor="white")
+        histogram.set_xlabel("confidence")
+        histogram.set_ylabel(f"samples\n(of {int(panel.counts.sum())})")
+    return figure
+
+
+def per_class_figure(accuracy: Tensor | np.ndarray, counts: Tensor | np.ndarray, overall: float) -> Figure:
+    """Test accuracy per class as bars, the overall accuracy as a horizontal line.
+
+    Args:
+        accuracy: ``[K]`` accuracy on each class's samples (:func:`per_class_accuracy`).
+        counts: ``[K]`` samples per class; a class with none gets no bar.
+        overall: The accuracy over all samples.
+
+    Returns:
+        The figure (one axes).
+    """
+    accuracy = np.asarray(torch.as_tensor(accuracy, dtype=torch.float64).cpu())
+    counts = np.asarray(torch.as_tensor(counts, dtype=torch.float64).cpu())
+    num_classes = len(accuracy)
+    figure = _new_figure(max(6.0, min(16.0, 0.45 * num_classes + 2.0)), 3.6)
+    axis = figure.add_subplot()
+    present = counts > 0
+    classes = np.arange(num_classes)
+    axis.bar(classes[present], accuracy[present], color=UNDER_COLOUR, label="accuracy of the class's samples")
+    axis.axhline(overall, color=OVER_COLOUR, linestyle="--", label=f"overall accuracy ({overall:.3f})")
+    _class_ticks(axis, num_classes, "x")
+    axis.set_xlim(-0.6, num_classes - 0.4)
+    # A band above accuracy 1 holds the legend, where it hides no bar.
+    axis.set_ylim(0.0, 1.16)
+    axis.set_yticks(np.linspace(0.0, 1.0, 6))
+    axis.axhline(1.0, color="black", linewidth=0.6)
+    axis.set_xlabel("class")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(f"test accuracy per class ({int(counts.sum())} samples)", fontsize=10)
+    axis.legend(loc="upper center", ncols=2, fontsize=8, frameon=False)
+    return figure
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -151,9 +303,15 @@ class TensorBoardViews(pl.Callback):
     - ``views/train_confusion_vs_T``: ``P(noisy label | predicted class)`` beside the true T;
     - histograms ``views/train_max_prob/{clean,mislabelled}`` and ``views/train_logit_norm/{clean,mislabelled}``.
 
-    At the end of testing, on the clean test set: ``views/test_reliability``, ``views/test_per_class_acc`` (an
-    image and a text table), and an hparams entry (data, noise, loss, alpha, backbone, seeds) whose metrics
-    are the run's final scalars.
+    At the end of testing, on the clean test set, from the logits ``Classifier.test_step`` returns (those
+    ``test/*`` is measured on): ``views/test_reliability`` (the raw model, then after each temperature that
+    :class:`lsl.temperature_scaling.TemperatureScaling` fitted, if it is among the callbacks),
+    ``views/test_per_class_acc`` (a figure and a text table), and an hparams entry (data, noise, loss, alpha,
+    backbone, seeds) whose metrics are the run's final scalars. Only the ``test/`` test draws; a best-checkpoint
+    test (``test_best/``) logs numbers only.
+
+    After a test, :attr:`last_reliability` holds the ECE each reliability panel shows, by panel: ``"raw"``,
+    then the temperature fits' names.
 
     ```yaml
     views:
@@ -166,7 +324,8 @@ class TensorBoardViews(pl.Callback):
             at the end of testing.
         max_train_samples: Size of the fixed random training subset the training-set views look at (the same
             samples every time); None uses the whole training split.
-        reliability_bins: Equal-width confidence bins of the reliability diagram (``test/ece`` uses 15).
+        reliability_bins: Equal-width confidence bins of the reliability diagram; at ``test/ece``'s (15), the
+            raw panel's ECE is ``test/ece`` and each scaled one ``test/ece_scaled_<name>``.
         hparam_metrics: Scalar tags shown as metrics in the hparams tab (their last values); None gives the
             test metrics and the final train/val accuracies and memorisation. Keep it the same across runs
             you compare: TensorBoard takes the columns from one run.
@@ -189,8 +348,10 @@ class TensorBoardViews(pl.Callback):
         self.max_train_samples = max_train_samples
         self.reliability_bins = reliability_bins
         self.hparam_metrics = list(DEFAULT_HPARAM_METRICS if hparam_metrics is None else hparam_metrics)
+        self.last_reliability: dict[str, float] = {}
         self._train_views_step: int | None = None
-        self._test_outputs: list[Tensor] = []
+        self._test_logits: list[Tensor] = []
+        self._test_targets: list[Tensor] = []
 
     # ---------------------------------------------------------------------------------------------- hooks
 
@@ -201,46 +362,49 @@ class TensorBoardViews(pl.Callback):
         self._log_training_views(trainer, pl_module)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._test_outputs = []
+        self._test_logits, self._test_targets = [], []
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Batch,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         testing_another_checkpoint = isinstance(pl_module, Classifier) and pl_module.test_prefix != TEST_PREFIX
-        if _tensorboard(trainer) is None or testing_another_checkpoint:
+        if _tensorboard(trainer) is None or testing_another_checkpoint or not isinstance(outputs, Tensor):
             return  # the views show the final model; the best-validation checkpoint's test adds only numbers
-        # test_step returns nothing, so the logits are computed again: one extra pass over the test set per run.
-        probabilities = pl_module(batch.input).float().softmax(dim=1)
-        confidence, predictions = probabilities.max(dim=1)
-        self._test_outputs.append(torch.stack([confidence, predictions.float(), batch.clean_target.float()]))
+        # Classifier.test_step returns the float32 logits it measured test/* with: the views draw the same ones.
+        self._test_logits.append(outputs.detach().float())
+        self._test_targets.append(batch.clean_target)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        if logger is None or not self._test_outputs:
+        if logger is None or not self._test_logits:
             return
-        outputs = pl_module.all_gather(torch.cat(self._test_outputs, dim=1))
-        self._test_outputs = []
-        if outputs.dim() == 3:
-            # DDP stacks one [3, N] block per rank, also when it runs a single process; other strategies do not.
-            outputs = outputs.transpose(0, 1).flatten(1)
+        logits = pl_module.all_gather(torch.cat(self._test_logits))
+        targets = pl_module.all_gather(torch.cat(self._test_targets))
+        self._test_logits, self._test_targets = [], []
+        if logits.dim() == 3:
+            # DDP stacks one block per rank, also when it runs a single process; other strategies do not.
+            logits, targets = logits.flatten(0, 1), targets.flatten(0, 1)
         if not trainer.is_global_zero:
             return
-        confidence, predictions, targets = outputs[0].cpu(), outputs[1].long().cpu(), outputs[2].long().cpu()
-        self._log_test_views(logger, trainer.global_step, confidence, predictions, targets, pl_module)
+        scaling = next((c for c in trainer.callbacks if isinstance(c, TemperatureScaling)), None)
+        temperatures = dict(scaling.temperatures) if scaling is not None else {}
+        self._log_test_views(logger, trainer.global_step, logits.cpu(), targets.long().cpu(), temperatures,
+                             pl_module)
         self._log_training_views(trainer, pl_module)
         self._log_hparams(logger, trainer, pl_module)
 
     # ---------------------------------------------------------------------------------------------- views
 
-    def _log_test_views(self, logger: TensorBoardLogger, step: int, confidence: Tensor, predictions: Tensor,
-                        targets: Tensor, pl_module: pl.LightningModule) -> None:
+    def _log_test_views(self, logger: TensorBoardLogger, step: int, logits: Tensor, targets: Tensor,
+                        temperatures: dict[str, float], pl_module: pl.LightningModule) -> None:
         writer = logger.experiment
-        correct = predictions == targets
-        writer.add_image("views/test_reliability", reliability_diagram(confidence, correct, self.reliability_bins),
-                         step, dataformats="CHW")
-        num_classes = int(pl_module.hparams.get("num_classes", int(targets.max()) + 1))
+        panels = reliability_panels(logits, targets, self.reliability_bins, temperatures)
+        self.last_reliability = {panel.name: panel.ece for panel in panels}
+        writer.add_figure("views/test_reliability", draw_reliability(panels), step, close=True)
+        predictions = logits.argmax(dim=1)
+        num_classes = int(pl_module.hparams.get("num_classes", logits.shape[1]))
         accuracy, counts = per_class_accuracy(predictions, targets, num_classes)
-        overall = correct.double().mean().item()
-        writer.add_image("views/test_per_class_acc", bar_chart(accuracy, overall), step, dataformats="CHW")
+        overall = (predictions == targets).double().mean().item()
+        writer.add_figure("views/test_per_class_acc", per_class_figure(accuracy, counts, overall), step, close=True)
         rows = [f"| {k} | {accuracy[k]:.4f} | {int(counts[k])} |" for k in range(num_classes)]
         table = ["| class | accuracy | samples |", "|---|---|---|", *rows, f"| all | {overall:.4f} | {len(targets)} |"]
         writer.add_text("views/test_per_class_acc", "\n".join(table), step)
@@ -260,8 +424,8 @@ class TensorBoardViews(pl.Callback):
         writer = logger.experiment
         num_classes = logits.shape[1]
         confusion = prediction_vs_noisy_label(logits.argmax(dim=1), noisy, num_classes)
-        writer.add_image("views/train_confusion_vs_T",
-                         matrices_side_by_side(confusion, datamodule.transition_matrix), step, dataformats="CHW")
+        writer.add_figure("views/train_confusion_vs_T", confusion_figure(confusion, datamodule.transition_matrix),
+                          step, close=True)
         max_prob, norm = logits.softmax(dim=1).max(dim=1).values, logits.norm(dim=1)
         for subset, mask in (("clean", ~is_noisy), ("mislabelled", is_noisy)):
             if mask.any():

@@ -1,4 +1,4 @@
-"""TensorBoard views: the drawings, the statistics behind them, and what a quickstart run writes."""
+"""TensorBoard views: what the figures hold, the statistics behind them, and what a quickstart run writes."""
 
 from __future__ import annotations
 
@@ -11,71 +11,164 @@ import pytest
 import torch
 import yaml
 from conftest import QUICKSTART, QUIET, run_main, scalars
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.colors import PowerNorm, to_rgb
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lsl import Classifier, ConfigError
+from lsl.calibration import ExpectedCalibrationError, expected_calibration_error
+from lsl.data import Digits, NoisyLabelDataModule
+from lsl.inference import predict_logits
 from lsl.losses import CrossEntropy, ForwardCorrection, LabelSmearing, LabelSmoothing
 from lsl.models import SmallCNN
 from lsl.noise import SymmetricNoise
+from lsl.temperature_scaling import FITS, TemperatureScaling, scaled_metrics
 from lsl.views import (
-    BAR,
-    GAP,
-    INK,
+    OVER_COLOUR,
+    OVER_LABEL,
+    UNDER_COLOUR,
+    UNDER_LABEL,
     TensorBoardViews,
-    bar_chart,
-    heatmap,
+    confusion_figure,
     per_class_accuracy,
+    per_class_figure,
     prediction_vs_noisy_label,
-    reliability_diagram,
+    reliability_figure,
+    reliability_panels,
     run_hparams,
 )
 
-WHITE = torch.tensor([255, 255, 255], dtype=torch.uint8)
+BINS = 15
 
 
-def colour(image: torch.Tensor, row: int, col: int) -> tuple[int, ...]:
-    return tuple(image[:, row, col].tolist())
+def gap_bars(axis, colour: str) -> list[tuple[float, float, float]]:
+    """``(x centre, bottom, top)`` of the bars of one colour that an axes draws."""
+    return [(patch.get_x() + patch.get_width() / 2, patch.get_y(), patch.get_y() + patch.get_height())
+            for patch in axis.patches if to_rgb(patch.get_facecolor()) == to_rgb(colour)]
+
+
+def two_class_logits(confidence: float, size: int) -> torch.Tensor:
+    """``size`` rows of two logits whose softmax gives class 0 probability ``confidence``."""
+    return torch.tensor([[math.log(confidence / (1 - confidence)), 0.0]]).repeat(size, 1)
 
 
 # ---------------------------------------------------------------------------------------------- drawings
 
 
-def test_heatmap_is_dark_at_one_white_at_zero_and_halfway_at_a_quarter() -> None:
-    matrix = torch.tensor([[1.0, 0.0], [0.25, 1.0]])
-    image = heatmap(matrix, cell=4)
-    assert image.shape == (3, 8, 8) and image.dtype == torch.uint8
-    assert colour(image, 1, 1) == INK and colour(image, 6, 6) == INK
-    assert colour(image, 1, 6) == (255, 255, 255)
-    halfway = tuple(round((255 + ink) / 2) for ink in INK)  # the shade follows sqrt(0.25) = 0.5
-    assert all(abs(a - b) <= 1 for a, b in zip(colour(image, 6, 1), halfway))
+def test_the_confusion_figure_shows_both_matrices_on_one_square_root_scale_with_labelled_axes() -> None:
+    model = prediction_vs_noisy_label(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 0]), 3)
+    true_T = SymmetricNoise(0.3).transition_matrix(3)
+    figure = confusion_figure(model, true_T)
+
+    left, right, colour_bar = figure.axes
+    for axis, ylabel, matrix in ((left, "predicted class i", model.numpy()), (right, "clean class i", true_T)):
+        assert axis.get_xlabel() == "noisy label j" and axis.get_ylabel() == ylabel and axis.get_title()
+        (image,) = axis.get_images()
+        np.testing.assert_allclose(image.get_array(), matrix)
+        assert isinstance(image.norm, PowerNorm) and image.norm.gamma == 0.5
+        assert (image.norm.vmin, image.norm.vmax) == (0.0, 1.0)  # one scale for both, so shades compare
+        assert list(axis.get_xticks()) == [0, 1, 2] and list(axis.get_yticks()) == [0, 1, 2]
+    assert "probability" in colour_bar.get_ylabel()
 
 
-def test_a_calibrated_model_has_no_gap_and_an_overconfident_one_does() -> None:
-    bins = 10
-    confidence = torch.full((1000,), 0.95)
-    calibrated = torch.arange(1000) % 20 != 0  # 95% right at 95% confidence
-    overconfident = torch.arange(1000) % 2 == 0  # 50% right at 95% confidence
-
-    calibrated_image = reliability_diagram(confidence, calibrated, bins)
-    overconfident_image = reliability_diagram(confidence, overconfident, bins)
-
-    size = bins * 10
-    assert calibrated_image.shape == (3, size + 4 + 30, size)
-    is_gap = (overconfident_image == torch.tensor(GAP, dtype=torch.uint8).view(3, 1, 1)).all(dim=0)
-    assert not (calibrated_image == torch.tensor(GAP, dtype=torch.uint8).view(3, 1, 1)).all(dim=0).any()
-    gap_rows = torch.nonzero(is_gap[:, 95])[:, 0]  # the last bin's column
-    assert gap_rows.min() == size - 95 and gap_rows.max() == size - 50 - 1  # from 0.95 down to the 0.5 bar
-    assert colour(overconfident_image, size - 1, 95) == BAR and colour(overconfident_image, size - 51, 95) == GAP
-    assert colour(overconfident_image, size - 1, 5) != BAR  # an empty bin draws no bar
+def test_the_confusion_figure_leaves_ticks_to_matplotlib_for_many_classes() -> None:
+    figure = confusion_figure(np.eye(30), np.eye(30))
+    assert len(figure.axes[0].get_xticks()) < 30
 
 
-def test_bar_chart_draws_each_value_as_a_bar_of_that_height() -> None:
-    image = bar_chart(torch.tensor([1.0, 0.5, 0.0, 0.25]))
-    assert image.shape == (3, 100, 320)
-    heights = [(image[:, :, k * 80 + 40] == torch.tensor(BAR, dtype=torch.uint8).view(3, 1)).all(dim=0).sum().item()
-               for k in range(4)]
-    assert heights == [100, 50, 0, 25]
+@pytest.mark.parametrize(("confidence", "share_correct", "over", "under"), [
+    (0.95, 0.5, True, False),  # right half the time at 95% confidence: cross-entropy's way
+    (0.55, 0.95, False, True),  # right 95% of the time at 55% confidence: label smoothing's way
+])
+def test_the_gap_is_red_when_over_confident_and_blue_when_under_confident(confidence, share_correct, over,
+                                                                           under) -> None:
+    size = 1000
+    logits = two_class_logits(confidence, size)
+    targets = (torch.arange(size) >= share_correct * size).long()  # class 0 (predicted) for the first share
+    figure = reliability_figure(logits, targets, BINS, {})
+    diagram = figure.axes[0]
+
+    centre = (math.ceil(confidence * BINS) - 0.5) / BINS  # the bin (b / 15, (b + 1) / 15] holding the confidence
+    expected = [(pytest.approx(centre), pytest.approx(min(confidence, share_correct)),
+                 pytest.approx(max(confidence, share_correct)))]
+    assert gap_bars(diagram, OVER_COLOUR) == (expected if over else [])
+    assert gap_bars(diagram, UNDER_COLOUR) == (expected if under else [])
+    labels = [text.get_text() for text in diagram.get_legend().get_texts()]
+    assert OVER_LABEL in labels and UNDER_LABEL in labels and "perfect calibration" in labels  # both colours named
+    assert OVER_COLOUR != UNDER_COLOUR
+
+
+def test_a_calibrated_model_has_no_gap_and_an_empty_bin_no_bar() -> None:
+    logits = two_class_logits(0.8, 1000)
+    targets = (torch.arange(1000) >= 800).long()  # right 80% of the time at 80% confidence
+    diagram = reliability_figure(logits, targets, BINS, {}).axes[0]
+    gaps = gap_bars(diagram, OVER_COLOUR) + gap_bars(diagram, UNDER_COLOUR)
+    assert all(top - bottom < 1e-6 for _, bottom, top in gaps)  # float rounding of 0.8 at most
+    bars = [patch for patch in diagram.patches if patch.get_height() > 1e-6]
+    assert len(bars) == 1 and bars[0].get_height() == pytest.approx(0.8)  # the one non-empty bin's accuracy
+
+
+def random_test_set(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(600, 10, generator=generator) * 4
+    logits[:60] = torch.nn.functional.one_hot(torch.arange(60) % 10, 10) * 200.0  # saturated: confidence 1.0
+    targets = torch.where(torch.rand(600, generator=generator) < 0.7, logits.argmax(dim=1),
+                          torch.randint(0, 10, (600,), generator=generator))
+    return logits, targets
+
+
+def test_each_panel_draws_the_ece_that_test_ece_and_the_scaled_metrics_measure() -> None:
+    logits, targets = random_test_set()
+    temperatures = {"noisy": 2.5, "noise_aware": 0.6, "oracle": 1.3}
+    panels = reliability_panels(logits, targets, BINS, temperatures)
+
+    assert [panel.name for panel in panels] == ["raw", *FITS]
+    raw = panels[0]
+    confidence, predictions = logits.double().softmax(dim=1).max(dim=1)
+    assert raw.ece == pytest.approx(expected_calibration_error(confidence, predictions == targets, BINS).item(),
+                                    abs=1e-12)
+    metric = ExpectedCalibrationError(BINS)  # test/ece, from float32 probabilities
+    metric.update(logits.softmax(dim=1), targets)
+    assert raw.ece == pytest.approx(metric.compute().item(), abs=1e-6)
+    for panel in panels[1:]:
+        assert panel.temperature == temperatures[panel.name]
+        assert panel.ece == pytest.approx(scaled_metrics(logits, targets, panel.temperature, BINS)["ece"], abs=1e-12)
+        assert panel.counts.sum() == len(targets)
+    assert len({round(panel.ece, 6) for panel in panels}) == 4  # the temperatures do change the picture
+
+
+def test_the_reliability_figure_has_a_labelled_panel_per_model_with_its_ece_and_temperature() -> None:
+    logits, targets = random_test_set()
+    temperatures = {"noisy": 2.5, "noise_aware": 0.6, "oracle": 1.3}
+    panels = reliability_panels(logits, targets, BINS, temperatures)
+    figure = reliability_figure(logits, targets, BINS, temperatures)
+
+    diagrams, histograms = figure.axes[:4], figure.axes[4:]
+    assert len(histograms) == 4
+    for diagram, histogram, panel in zip(diagrams, histograms, panels):
+        assert (diagram.get_xlabel(), diagram.get_ylabel()) == ("confidence", "accuracy")
+        assert diagram.get_legend() is not None and diagram.get_xlim() == (0.0, 1.0)
+        assert f"ECE = {panel.ece:.4f}" in diagram.get_title()
+        assert histogram.get_xlabel() == "confidence" and histogram.get_ylabel().startswith("samples")
+        assert [patch.get_height() for patch in histogram.patches] == panel.counts.tolist()
+    assert diagrams[0].get_title().startswith("raw model (t = 1)")
+    assert "after noise-aware scaling, t = 0.6" in diagrams[2].get_title()
+    assert "clean validation labels" in diagrams[3].get_title()  # the oracle is marked as a reference
+
+    only_raw = reliability_figure(logits, targets, BINS, {})
+    assert len(only_raw.axes) == 2
+
+
+def test_the_per_class_figure_draws_each_accuracy_and_the_overall_line() -> None:
+    figure = per_class_figure(torch.tensor([1.0, 0.5, 0.0, 0.25]), torch.tensor([3, 2, 0, 4]), overall=0.5)
+    (axis,) = figure.axes
+    assert (axis.get_xlabel(), axis.get_ylabel()) == ("class", "test accuracy")
+    bars = {round(patch.get_x() + patch.get_width() / 2): patch.get_height() for patch in axis.patches}
+    assert bars == {0: 1.0, 1: 0.5, 3: 0.25}  # class 2 has no sample, so no bar
+    (line,) = [line for line in axis.get_lines() if line.get_label().startswith("overall accuracy")]
+    assert list(line.get_ydata()) == [0.5, 0.5]
+    assert line.get_label() in [text.get_text() for text in axis.get_legend().get_texts()]
 
 
 # -------------------------------------------------------------------------------------------- statistics
@@ -138,13 +231,61 @@ def test_the_hparams_row_of_a_module_that_is_not_lsls_has_every_key_with_nan_or_
     assert math.isnan(row["alpha"]) and math.isnan(row["noise_seed"]) and row["flip_rate"] == 0.0
 
 
-# ------------------------------------------------------------------------------------- a quickstart run
+# ------------------------------------------------------------------------------------------ the callback
 
 
 def read_events(run: Path) -> EventAccumulator:
     events = EventAccumulator(str(run), size_guidance={"images": 0, "histograms": 0, "tensors": 0, "scalars": 0})
     events.Reload()
     return events
+
+
+def digits(tmp_path: Path) -> NoisyLabelDataModule:
+    """The quickstart's data: scikit-learn's digits with 40% symmetric noise."""
+    return NoisyLabelDataModule(dataset=Digits(root=str(tmp_path / "data")), noise=SymmetricNoise(0.4), batch_size=64)
+
+
+def logging_trainer(tmp_path: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="run"), callbacks=callbacks,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+
+
+def test_the_views_draw_the_logits_test_ece_is_measured_on_before_and_after_each_temperature(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = Classifier(backbone=SmallCNN, loss=LabelSmoothing(0.4), num_classes=10)
+    views, scaling = TensorBoardViews(every_n_epochs=0, max_train_samples=200), TemperatureScaling()
+    trainer = logging_trainer(tmp_path, [scaling, views])
+    trainer.test(model, datamodule=digits(tmp_path), verbose=False)
+
+    logged = trainer.callback_metrics
+    assert set(views.last_reliability) == {"raw", *FITS} and set(scaling.temperatures) == set(FITS)
+    assert views.last_reliability["raw"] == pytest.approx(logged["test/ece"].item(), abs=1e-6)
+    for name in FITS:
+        assert views.last_reliability[name] == pytest.approx(logged[f"test/ece_scaled_{name}"].item(), abs=1e-6)
+    images = read_events(tmp_path / "run" / "version_0").Images("views/test_reliability")
+    assert [image.step for image in images] == [0]
+    assert images[0].encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_without_temperatures_only_the_raw_model_is_drawn_and_a_best_checkpoint_test_draws_nothing(
+        tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = Classifier(backbone=SmallCNN, loss=CrossEntropy(), num_classes=10)
+    views = TensorBoardViews(every_n_epochs=0, max_train_samples=200)
+    trainer = logging_trainer(tmp_path, [TemperatureScaling(enabled=False), views])
+    datamodule = digits(tmp_path)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    assert set(views.last_reliability) == {"raw"}
+    assert views.last_reliability["raw"] == pytest.approx(trainer.callback_metrics["test/ece"].item(), abs=1e-6)
+
+    views.last_reliability = {}
+    with model.testing_as("test_best/"):
+        trainer.test(model, datamodule=datamodule, verbose=False)
+    assert "test_best/ece" in trainer.callback_metrics and views.last_reliability == {}
+    assert len(read_events(tmp_path / "run" / "version_0").Images("views/test_reliability")) == 1
+
+
+# ------------------------------------------------------------------------------------- a quickstart run
 
 
 def test_the_quickstart_run_logs_every_view_and_an_hparams_entry(tmp_path: Path, monkeypatch) -> None:
@@ -156,13 +297,17 @@ def test_the_quickstart_run_logs_every_view_and_an_hparams_entry(tmp_path: Path,
     steps_per_epoch = 5
 
     # The training-set views after epochs 2 and 4; the test at the end reuses epoch 4's (same weights).
-    sizes = {tag: {(image.step, image.height, image.width) for image in events.Images(tag)}
-             for tag in events.Tags()["images"]}
-    assert sizes == {
-        "views/train_confusion_vs_T": {(2 * steps_per_epoch, 160, 328), (4 * steps_per_epoch, 160, 328)},
-        "views/test_reliability": {(4 * steps_per_epoch, 184, 150)},
-        "views/test_per_class_acc": {(4 * steps_per_epoch, 100, 320)},
+    steps = {tag: [image.step for image in events.Images(tag)] for tag in events.Tags()["images"]}
+    assert steps == {
+        "views/train_confusion_vs_T": [2 * steps_per_epoch, 4 * steps_per_epoch],
+        "views/test_reliability": [4 * steps_per_epoch],
+        "views/test_per_class_acc": [4 * steps_per_epoch],
     }
+    for tag in steps:
+        assert all(image.encoded_image_string.startswith(b"\x89PNG") for image in events.Images(tag))
+    # Four panels side by side (the raw model and three temperatures), each a diagram over a count strip.
+    (reliability,) = events.Images("views/test_reliability")
+    assert reliability.width > 2 * reliability.height
     for statistic in ("max_prob", "logit_norm"):
         for subset in ("clean", "mislabelled"):
             histograms = events.Histograms(f"views/train_{statistic}/{subset}")
@@ -187,6 +332,22 @@ def test_the_quickstart_run_logs_every_view_and_an_hparams_entry(tmp_path: Path,
     # The model's own hyperparameters file keeps the loss and noise as classes, untouched by the hparams entry.
     saved = yaml.safe_load((run / "hparams.yaml").read_text())
     assert saved["loss"]["class_path"] == "lsl.losses.LabelSmoothing"
+
+    # What the reliability panels show, recomputed from the final weights, is what the run logged: test/ece
+    # for the raw model, test/ece_scaled_<name> after each temperature.
+    model = Classifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    datamodule = NoisyLabelDataModule(dataset=Digits(), noise=SymmetricNoise(0.4), batch_size=64)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    datamodule.setup("test")
+    temperatures = TemperatureScaling().fit(model, datamodule)
+    logged = scalars(run)
+    assert all(logged[f"test/temperature_{name}"][-1] == pytest.approx(t, rel=1e-5) for name, t in temperatures.items())
+    logits = predict_logits(model, datamodule, datamodule.test_set)
+    panels = reliability_panels(logits, datamodule.test_set.clean, BINS, temperatures)
+    assert panels[0].ece == pytest.approx(logged["test/ece"][-1], abs=1e-6)
+    for panel in panels[1:]:
+        assert panel.ece == pytest.approx(logged[f"test/ece_scaled_{panel.name}"][-1], abs=1e-6)
 
 
 def test_views_leave_training_unchanged(tmp_path: Path, monkeypatch) -> None:
