@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
     from lsl.data import NoisyDataset, NoisyLabelDataModule
 
 
@@ -46,3 +48,32 @@ def predict_logits(model: nn.Module, datamodule: NoisyLabelDataModule, dataset: 
     finally:
         model.train(was_training)
     return torch.cat(logits)
+
+
+class CollectedPredictions:
+    """The logits and clean targets of one pass of Lightning's test loop, kept batch by batch and gathered from
+    every DDP rank at its end: what :class:`~lsl.temperature_scaling.TemperatureScaling` and the views measure,
+    the same predictions ``test/*`` was computed on (``Classifier.test_step`` returns its logits)."""
+
+    def __init__(self) -> None:
+        self._logits: list[Tensor] = []
+        self._targets: list[Tensor] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._logits)
+
+    def add(self, logits: Tensor, targets: Tensor) -> None:
+        """Keep one batch: logits ``[B, K]`` (float32) and clean targets ``[B]``."""
+        self._logits.append(logits.detach().float())
+        self._targets.append(targets.detach())
+
+    def gather(self, module: pl.LightningModule) -> tuple[Tensor, Tensor]:
+        """All ranks' logits ``[N, K]`` and targets ``[N]`` on the CPU, on every rank (a collective step: every
+        rank must call it); what was kept is dropped."""
+        logits = module.all_gather(torch.cat(self._logits))
+        targets = module.all_gather(torch.cat(self._targets))
+        self._logits, self._targets = [], []
+        if logits.dim() == 3:
+            # DDP stacks one block per rank, also when it runs a single process; other strategies do not.
+            logits, targets = logits.flatten(0, 1), targets.flatten(0, 1)
+        return logits.cpu(), targets.long().cpu()

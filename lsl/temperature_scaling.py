@@ -27,7 +27,7 @@ from torch import Tensor
 from lsl.calibration import expected_calibration_error
 from lsl.data import Batch, NoisyLabelDataModule
 from lsl.errors import ConfigError
-from lsl.inference import predict_logits
+from lsl.inference import CollectedPredictions, predict_logits
 from lsl.module import TEST_PREFIX, Classifier
 from lsl.noise import load_transition_matrix
 from lsl.temperature import (
@@ -95,8 +95,7 @@ class TemperatureScaling(pl.Callback):
         self.transition = transition
         self.bounds = (float(lower), float(upper))
         self.temperatures: dict[str, float] = {}
-        self._logits: list[Tensor] = []
-        self._targets: list[Tensor] = []
+        self._test_predictions = CollectedPredictions()
 
     def check_data(self, datamodule: object) -> None:
         """Refuse, before anything runs, data the fits cannot use: no validation split, or a ``transition``
@@ -113,7 +112,7 @@ class TemperatureScaling(pl.Callback):
     # ---------------------------------------------------------------------------------------------- hooks
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.temperatures, self._logits, self._targets = {}, [], []
+        self.temperatures, self._test_predictions = {}, CollectedPredictions()
         datamodule = trainer.datamodule
         if not self.enabled or not isinstance(datamodule, NoisyLabelDataModule):
             return
@@ -140,23 +139,18 @@ class TemperatureScaling(pl.Callback):
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Tensor | None,
                           batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.temperatures and isinstance(outputs, Tensor):  # Classifier.test_step returns its logits
-            self._logits.append(outputs.detach().float())
-            self._targets.append(batch.clean_target)
+            self._test_predictions.add(outputs, batch.clean_target)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.temperatures or not self._logits:
+        if not self.temperatures or not self._test_predictions:
             return
         # The same predictions as test/ece: under DDP each rank tested its shard, gathered here on every rank.
-        logits = pl_module.all_gather(torch.cat(self._logits))
-        targets = pl_module.all_gather(torch.cat(self._targets))
-        self._logits, self._targets = [], []
-        if logits.dim() == 3:  # DDP stacks one block per rank
-            logits, targets = logits.flatten(0, 1), targets.flatten(0, 1)
+        logits, targets = self._test_predictions.gather(pl_module)
         prefix = pl_module.test_prefix if isinstance(pl_module, Classifier) else TEST_PREFIX
         bins = pl_module.test_metrics["ece"].bins if isinstance(pl_module, Classifier) else 15
         values = {}
         for name, temperature in self.temperatures.items():
-            scaled = scaled_metrics(logits.cpu(), targets.cpu(), temperature, bins)
+            scaled = scaled_metrics(logits, targets, temperature, bins)
             values[f"{prefix}temperature_{name}"] = temperature
             values[f"{prefix}ece_scaled_{name}"] = scaled["ece"]
             values[f"{prefix}nll_scaled_{name}"] = scaled["nll"]

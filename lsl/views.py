@@ -27,7 +27,7 @@ from torch import Tensor
 from lsl.calibration import bin_statistics
 from lsl.data import Batch, InMemorySource, NoisyDataset, NoisyLabelDataModule
 from lsl.errors import ConfigError
-from lsl.inference import predict_logits
+from lsl.inference import CollectedPredictions, predict_logits
 from lsl.losses import CrossEntropy, LabelSmoothing, TransitionMatrixLoss
 from lsl.module import TEST_PREFIX, Classifier
 from lsl.noise import NoNoise
@@ -350,8 +350,7 @@ class TensorBoardViews(pl.Callback):
         self.hparam_metrics = list(DEFAULT_HPARAM_METRICS if hparam_metrics is None else hparam_metrics)
         self.last_reliability: dict[str, float] = {}
         self._train_views_step: int | None = None
-        self._test_logits: list[Tensor] = []
-        self._test_targets: list[Tensor] = []
+        self._test_predictions = CollectedPredictions()
 
     # ---------------------------------------------------------------------------------------------- hooks
 
@@ -362,7 +361,7 @@ class TensorBoardViews(pl.Callback):
         self._log_training_views(trainer, pl_module)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._test_logits, self._test_targets = [], []
+        self._test_predictions = CollectedPredictions()
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Batch,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -370,25 +369,18 @@ class TensorBoardViews(pl.Callback):
         if _tensorboard(trainer) is None or testing_another_checkpoint or not isinstance(outputs, Tensor):
             return  # the views show the final model; the best-validation checkpoint's test adds only numbers
         # Classifier.test_step returns the float32 logits it measured test/* with: the views draw the same ones.
-        self._test_logits.append(outputs.detach().float())
-        self._test_targets.append(batch.clean_target)
+        self._test_predictions.add(outputs, batch.clean_target)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        if logger is None or not self._test_logits:
+        if logger is None or not self._test_predictions:
             return
-        logits = pl_module.all_gather(torch.cat(self._test_logits))
-        targets = pl_module.all_gather(torch.cat(self._test_targets))
-        self._test_logits, self._test_targets = [], []
-        if logits.dim() == 3:
-            # DDP stacks one block per rank, also when it runs a single process; other strategies do not.
-            logits, targets = logits.flatten(0, 1), targets.flatten(0, 1)
+        logits, targets = self._test_predictions.gather(pl_module)
         if not trainer.is_global_zero:
             return
         scaling = next((c for c in trainer.callbacks if isinstance(c, TemperatureScaling)), None)
         temperatures = dict(scaling.temperatures) if scaling is not None else {}
-        self._log_test_views(logger, trainer.global_step, logits.cpu(), targets.long().cpu(), temperatures,
-                             pl_module)
+        self._log_test_views(logger, trainer.global_step, logits, targets, temperatures, pl_module)
         self._log_training_views(trainer, pl_module)
         self._log_hparams(logger, trainer, pl_module)
 
