@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from conftest import QUICKSTART, run_main
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from lsl.diagnostics import TOP_CLASS_SHARE
 from lsl.report import load_runs, plot_against_alpha, read_scalars, run_metrics, summarise, write_report
+from lsl.report.command import SCALED_ECE_LINES
 from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, mark_done, write_run_files
 
 LS = {"class_path": "lsl.losses.LabelSmoothing", "init_args": {"alpha": 0.4}}
@@ -157,11 +158,21 @@ def test_the_calibration_table_shows_each_temperature_and_the_ece_after_it(tmp_p
     with open(root / "report" / "results.csv") as handle:
         row = next(csv.DictReader(handle))
     assert float(row["t_oracle_mean"]) == pytest.approx(0.6) and float(row["ece_noisy_mean"]) == pytest.approx(0.4)
+    assert (root / "report" / "ece_scaled_vs_alpha.png").is_file()
+    figure = plot_against_alpha([ls], "ece", None, "test ECE", extra_metrics=SCALED_ECE_LINES)
+    lines = {container.get_label(): tuple(container.lines[0].get_xydata().ravel())
+             for container in figure.axes[0].containers}
+    expected = {"LS (last epoch)": 0.2, "LS (after noisy t)": 0.4, "LS (after noise-aware t)": 0.2,
+                "LS (after oracle t)": 0.15}
+    assert set(lines) == set(expected)
+    assert all(lines[label] == pytest.approx((0.4, ece)) for label, ece in expected.items())
 
 
 def test_runs_without_temperatures_get_no_calibration_table(sweep_dir: Path) -> None:
     assert run_main(["report", str(sweep_dir)]) == 0
     assert "Calibration after temperature scaling" not in (sweep_dir / "report" / "results.md").read_text()
+    assert (sweep_dir / "report" / "ece_vs_alpha.png").is_file()
+    assert not (sweep_dir / "report" / "ece_scaled_vs_alpha.png").exists()
 
 
 def test_a_resumed_run_keeps_the_later_value_of_a_step_logged_twice(tmp_path: Path) -> None:

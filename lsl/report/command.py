@@ -12,9 +12,13 @@ from typing import TYPE_CHECKING, Optional
 
 from lsl.errors import ConfigError
 from lsl.report.plots import plot_against_alpha, plot_memorisation
-from lsl.report.runs import load_runs, summarise
+from lsl.report.runs import has_temperatures, load_runs, summarise
 from lsl.report.tables import markdown_tables, write_csv
 from lsl.sweep import DONE_FILE, RUN_FILE
+
+# The ECE after each post-hoc temperature scaling, beside the raw one.
+SCALED_ECE_LINES = (("ece_noisy", "after noisy t"), ("ece_noise_aware", "after noise-aware t"),
+                    ("ece_oracle", "after oracle t"))
 
 if TYPE_CHECKING:
     import jsonargparse
@@ -42,6 +46,9 @@ def write_report(sweep_dir: Path, out: Path | None = None, stream=None) -> Path:
     write_csv(summaries, out / "results.csv")
     figures = {"acc_vs_alpha": plot_against_alpha(summaries, "acc", "best_acc", "test accuracy (%)", scale=100),
                "ece_vs_alpha": plot_against_alpha(summaries, "ece", "best_ece", "test ECE"),
+               "ece_scaled_vs_alpha": plot_against_alpha(summaries, "ece", None, "test ECE (last epoch)",
+                                                         extra_metrics=SCALED_ECE_LINES)
+               if has_temperatures(summaries) else None,
                "memorisation": plot_memorisation(summaries)}
     for stale in out.glob("events.out.tfevents.*"):  # an earlier report's figures: TensorBoard would show both
         stale.unlink()

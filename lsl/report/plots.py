@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from lsl.report.runs import METHOD_ORDER, GroupSummary, sort_key
 
+EXTRA_STYLES = ("-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+
+
 def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: str | None, ylabel: str,
-                       scale: float = 1.0):
+                       scale: float = 1.0, extra_metrics: tuple[tuple[str, str], ...] = ()):
     """One panel per noise model and rate, one line per method: the metric against alpha (cross-entropy is LS at 0).
 
-    The last epoch is solid; the best noisy-validation epoch, when given, dashed. A method with no alpha
-    (FC, BC with the data's T) is a horizontal line. Returns None when nothing has an alpha.
+    The last epoch is solid; the best noisy-validation epoch, when given, dashed; each of ``extra_metrics``
+    (``(column, legend text)``, e.g. the ECE after a temperature scaling) in a style of its own. A method with no
+    alpha (FC, BC with the data's T) is a horizontal line per metric, dotted for the last epoch. Returns None when
+    nothing has an alpha.
     """
     import matplotlib.pyplot as plt
 
@@ -29,7 +34,7 @@ def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: 
         for method in methods:
             series = [s for s in panel if s.description["method"] == method
                       or (method == "LS" and s.description["method"] == "CE")]
-            _plot_series(axis, method, series, metric, best_metric, scale)
+            _plot_series(axis, method, series, _lines(metric, best_metric, extra_metrics), scale)
         axis.set_title(_panel_title(noise, rate))
         axis.set_xlabel("alpha")
         axis.set_ylabel(ylabel)
@@ -39,13 +44,18 @@ def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: 
     return figure
 
 
-def _plot_series(axis, method: str, series: list[GroupSummary], metric: str, best_metric: str | None,
-                 scale: float) -> None:
+def _lines(metric: str, best_metric: str | None, extra_metrics: tuple[tuple[str, str], ...]) -> list[tuple]:
+    """``(column, line style, legend text)`` of each line a method gets."""
+    lines = [(metric, "-", "last epoch")] + ([(best_metric, "--", "best val")] if best_metric else [])
+    return lines + [(column, EXTRA_STYLES[index % len(EXTRA_STYLES)], what)
+                    for index, (column, what) in enumerate(extra_metrics)]
+
+
+def _plot_series(axis, method: str, series: list[GroupSummary], lines: list[tuple], scale: float) -> None:
     with_alpha = sorted((s for s in series if s.description["alpha"] is not None), key=lambda s: s.description["alpha"])
     if method == "LS" and any(s.description["method"] == "CE" for s in series):
         method = "LS (alpha 0: CE)"
     if len(with_alpha) > 1 or (with_alpha and method.startswith(("LS", "CE"))):
-        lines = [(metric, "-", "last epoch")] + ([(best_metric, "--", "best val")] if best_metric else [])
         for name, style, what in lines:
             points = [(s.description["alpha"], scale * s.mean(name), scale * (s.std(name) or 0.0)) for s in with_alpha
                       if s.mean(name) is not None]
@@ -53,9 +63,12 @@ def _plot_series(axis, method: str, series: list[GroupSummary], metric: str, bes
                 x, y, error = zip(*points)
                 axis.errorbar(x, y, yerr=error, linestyle=style, marker="o", capsize=3, label=f"{method} ({what})")
     else:
+        color = f"C{4 + METHOD_ORDER.index(method) if method in METHOD_ORDER else 9}"  # C0-C3: the LS lines
+        horizontal = [lines[0][:1] + (":",) + lines[0][2:]] + [line for line in lines[1:] if line[2] != "best val"]
         for summary in series:
-            color = f"C{2 + METHOD_ORDER.index(method) if method in METHOD_ORDER else 7}"  # C0, C1: the LS lines
-            axis.axhline(scale * summary.mean(metric), linestyle=":", label=f"{method} (last epoch)", color=color)
+            for name, style, what in horizontal:
+                if summary.mean(name) is not None:
+                    axis.axhline(scale * summary.mean(name), linestyle=style, label=f"{method} ({what})", color=color)
 
 
 def plot_memorisation(summaries: list[GroupSummary]):

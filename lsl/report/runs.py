@@ -108,6 +108,11 @@ class GroupSummary:
         return [statistics.fmean(curve[epoch] for curve in curves) for epoch in range(length)]
 
 
+def has_temperatures(summaries: list[GroupSummary]) -> bool:
+    """Whether any group's runs logged post-hoc temperatures (runs made before lsl fitted them did not)."""
+    return any(summary.mean(column) is not None for summary in summaries for column, *_ in CALIBRATION_METRICS[1:])
+
+
 def read_scalars(directory: Path) -> Scalars:
     """Every scalar a run logged, ``{tag: {step: value}}``; a step logged twice (a resumed run) keeps the later."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from lsl.diagnostics import COLLAPSE_SHARE
-from lsl.report.runs import BEST_METRICS, CALIBRATION_METRICS, LAST_METRICS, GroupSummary, RunResult
+from lsl.report.runs import (
+    BEST_METRICS,
+    CALIBRATION_METRICS,
+    LAST_METRICS,
+    GroupSummary,
+    RunResult,
+    has_temperatures,
+)
 
 DESCRIPTION_COLUMNS = ["stage", "dataset", "noise", "rate", "teacher", "method", "alpha"]
 
@@ -18,7 +25,7 @@ def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[Ru
     columns = [column for column in DESCRIPTION_COLUMNS if any(_shown(s.description.get(column)) for s in summaries)]
     lines = [f"# {title}", ""]
     tables = [("Last epoch", LAST_METRICS), ("Best noisy-validation epoch", BEST_METRICS)]
-    if _has_temperatures(summaries):
+    if has_temperatures(summaries):
         tables.append(("Calibration after temperature scaling (last epoch)", CALIBRATION_METRICS))
     for heading, metrics in tables:
         names = [_heading(column) for column, *_ in metrics]
@@ -71,7 +78,7 @@ def legend(summaries: list[GroupSummary]) -> str:
         how = f"{paper}; at the best epoch, {in_training}"
     return ("acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
             "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
-            f"label, {how}.{TEMPERATURE_LEGEND if _has_temperatures(summaries) else ''} Mean +- sample std over "
+            f"label, {how}.{TEMPERATURE_LEGEND if has_temperatures(summaries) else ''} Mean +- sample std over "
             "seeds.")
 
 
@@ -80,9 +87,6 @@ TEMPERATURE_LEGEND = (" t_noisy, t_noise_aware, t_oracle: the temperatures fitte
                       "reference no practitioner has); ece_<fit>: the test ECE after dividing the logits by that "
                       "temperature.")
 
-
-def _has_temperatures(summaries: list[GroupSummary]) -> bool:
-    return any(summary.mean(column) is not None for summary in summaries for column, *_ in CALIBRATION_METRICS[1:])
 
 
 def _heading(column: str) -> str:
