@@ -326,6 +326,29 @@ def test_image_folder_module_gives_float_batches(tmp_path: Path) -> None:
         torch.testing.assert_close(image, ((colour / 255 - mean) / std).expand(3, 32, 32), atol=1e-5, rtol=0)
 
 
+def test_an_augmented_image_folder_validates_on_the_images_as_they_are(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in CLASS_COLOURS:
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)  # texture: a crop changes the image
+                Image.fromarray(pixels).save(tmp_path / "tree" / split / name / f"{i}.png")
+
+    def val_images(augment: bool) -> list[torch.Tensor]:
+        module = _ready(NoisyLabelDataModule(dataset=ImageFolder(root=str(tmp_path / "tree"), image_size=32),
+                                             noise=SymmetricNoise(0.4), noise_seed=3, val_fraction=0.5,
+                                             augment=augment, eval_batch_size=6), "fit")
+        return [module.on_after_batch_transfer(batch, 0).input for batch in module.val_dataloader()]
+
+    augmented_run, again, plain = val_images(True), val_images(True), val_images(False)
+    # Random crops and flips would differ between two reads; validation must see the plain decode every time.
+    for first, second, reference in zip(augmented_run, again, plain, strict=True):
+        assert torch.equal(first, second) and torch.equal(first, reference)
+
+
 def test_image_folder_test_labels_use_the_training_classes(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -151,6 +151,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         order = np.random.default_rng([self.noise_seed, 1]).permutation(len(clean))
         num_val = self._validation_size(len(clean))
         self.train_set = NoisyDataset(images, noisy, clean, np.sort(order[num_val:]), image_rows)
+        if self.augment and not isinstance(self.dataset, InMemorySource):
+            # A decoded source crops and flips while it reads (ImageFolder): validation reads the images plainly.
+            images = self._training_split(augment=False)[0]
         self.val_set = NoisyDataset(images, noisy, clean, np.sort(order[:num_val]), image_rows) if num_val else None
 
     def _validation_size(self, num_images: int) -> int:
