@@ -23,7 +23,7 @@ log-likelihood of the split's labels over ``t``; under label noise the question 
 
 All arithmetic is float64; the softmax goes through log-sum-exp and the corrected probability is clamped at
 the smallest positive float before its log, so no fit produces ``inf`` or ``nan``. The 1-D minimisation is over
-``log t`` in ``bounds`` (by default ``[0.01, 100]``): a coarse grid finds the best bracket, golden-section search
+``log t`` in ``bounds`` (by default ``[0.001, 10000]``): a coarse grid finds the best bracket, golden-section search
 refines it (:func:`minimise_on_interval`), so a non-convex objective (the corrected NLL need not be convex)
 still gets its global minimum up to the grid's resolution.
 
@@ -53,7 +53,7 @@ import torch
 from lsl.errors import ConfigError
 from lsl.noise import validate_transition_matrix
 
-DEFAULT_BOUNDS = (0.01, 100.0)
+DEFAULT_BOUNDS = (1e-3, 1e4)  # wide: a model whose loss drove its logits to norms in the thousands wants t ~ 1e3
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 1 / golden ratio: the share of the bracket kept each step
 GRID_POINTS = 41
 LOG_T_TOLERANCE = 1e-9

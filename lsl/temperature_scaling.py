@@ -26,7 +26,7 @@ from torch import Tensor
 
 from lsl.calibration import expected_calibration_error
 from lsl.data import Batch, NoisyLabelDataModule
-from lsl.errors import ConfigError
+from lsl.errors import ConfigError, warn
 from lsl.inference import CollectedPredictions, predict_logits
 from lsl.module import TEST_PREFIX, Classifier
 from lsl.noise import load_transition_matrix
@@ -39,6 +39,7 @@ from lsl.temperature import (
 )
 
 FITS = ("noisy", "noise_aware", "oracle")
+BOUND_TOLERANCE = 1e-6  # a fit this close (relatively) to a bound stopped at the bound
 
 
 def scaled_metrics(logits: Tensor, targets: Tensor, temperature: float, bins: int) -> dict[str, float]:
@@ -74,6 +75,7 @@ class TemperatureScaling(pl.Callback):
     temperature:
       enabled: true
       transition: null        # or logs/run/estimated_T.npy from `lsl estimate-t`
+      bounds: [1.0e-3, 1.0e+4]
     ```
 
     Args:
@@ -90,7 +92,7 @@ class TemperatureScaling(pl.Callback):
         lower, upper = bounds
         if not (math.isfinite(lower) and math.isfinite(upper) and 0.0 < lower < 1.0 < upper):
             raise ConfigError(f"temperature.bounds={list(bounds)} must be two finite numbers with 0 < lower < 1 < "
-                              "upper (the unscaled model, t = 1, must be inside), e.g. [0.01, 100.0]")
+                              "upper (the unscaled model, t = 1, must be inside), e.g. [1.0e-3, 1.0e+4]")
         self.enabled = enabled
         self.transition = transition
         self.bounds = (float(lower), float(upper))
@@ -121,6 +123,15 @@ class TemperatureScaling(pl.Callback):
         if datamodule.val_set is None:
             return  # val_fraction 0 outside the `lsl` command, which refuses it
         self.temperatures = self.fit(pl_module, datamodule)
+        lower, upper = self.bounds
+        at_bound = {name: t for name, t in self.temperatures.items()
+                    if t <= lower * (1 + BOUND_TOLERANCE) or t >= upper * (1 - BOUND_TOLERANCE)}
+        if at_bound:
+            # Not a minimum but the edge of the search: the scaled ECE is that of the bound, not of the fit.
+            fits = ", ".join(f"{name} t = {t:g}" for name, t in at_bound.items())
+            warn(f"temperature scaling: {fits} is at the edge of temperature.bounds {list(self.bounds)}, so the best "
+                 "temperature lies beyond it (a model with huge logits, see test/logit_norm, wants a huge t): widen "
+                 "--temperature.bounds, and read test/ece_scaled_* of these fits as the bound's")
 
     def fit(self, model: torch.nn.Module, datamodule: NoisyLabelDataModule) -> dict[str, float]:
         """The three temperatures of ``model`` on ``datamodule``'s (set up) validation split."""

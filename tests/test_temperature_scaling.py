@@ -90,7 +90,7 @@ def test_fit_logs_the_temperatures_of_the_final_and_of_the_best_validation_weigh
     for prefix in ("test/", "test_best/"):
         assert all(f"{prefix}{tag}" in logged for tag in TAGS), prefix
         for name in FITS:
-            assert 0.01 <= last(logged, f"{prefix}temperature_{name}") <= 100.0
+            assert 1e-3 < last(logged, f"{prefix}temperature_{name}") < 1e4
     # An oracle temperature brings the ECE down: it is fitted for exactly the labels the test set holds.
     assert last(logged, "test/ece_scaled_oracle") < last(logged, "test/ece")
 
@@ -108,6 +108,22 @@ def test_a_transition_file_replaces_the_datas_matrix_in_the_noise_aware_fit(quic
                                                                          rel=1e-6)
     data_fit = scalars(quickstart_run / "logs" / "quickstart" / "version_0")
     assert last(data_fit, "test/temperature_noise_aware") < 0.8 * last(logged, "test/temperature_noise_aware")
+
+
+def test_a_fit_that_stops_at_a_bound_is_reported(quickstart_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(quickstart_run)
+    checkpoint = quickstart_run / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    fitted = scalars(quickstart_run / "logs" / "quickstart" / "version_0")
+    lower = 1.5 * last(fitted, "test/temperature_oracle")  # the oracle's minimum is now outside the interval
+    assert lower < 1.0
+    assert run_main(["test", "--config", QUICKSTART, *QUIET, "--ckpt_path", str(checkpoint),
+                     f"--temperature.bounds=[{lower}, 50.0]", "--trainer.logger.init_args.name=bounded"]) == 0
+    error = capsys.readouterr().err
+    assert "lsl: warning: temperature scaling:" in error and "oracle t = " in error, error
+    assert "is at the edge of temperature.bounds" in error
+    logged = scalars(quickstart_run / "logs" / "bounded" / "version_0")
+    assert last(logged, "test/temperature_oracle") == pytest.approx(lower, rel=1e-6)
 
 
 def test_no_validation_split_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
