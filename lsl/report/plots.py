@@ -16,8 +16,8 @@ def plot_against_alpha(summaries: list[GroupSummary], metric: str, best_metric: 
 
     The last epoch is solid; the best noisy-validation epoch, when given, dashed; each of ``extra_metrics``
     (``(column, legend text)``, e.g. the ECE after a temperature scaling) in a style of its own. A method with no
-    alpha (FC, BC with the data's T) is a horizontal line per metric, dotted for the last epoch. Returns None when
-    nothing has an alpha.
+    alpha (FC, BC with the data's T) is a horizontal line per metric but the best epoch's, in the metric's style.
+    Returns None when nothing has an alpha.
     """
     import matplotlib.pyplot as plt
 
@@ -64,9 +64,8 @@ def _plot_series(axis, method: str, series: list[GroupSummary], lines: list[tupl
                 axis.errorbar(x, y, yerr=error, linestyle=style, marker="o", capsize=3, label=f"{method} ({what})")
     else:
         color = f"C{4 + METHOD_ORDER.index(method) if method in METHOD_ORDER else 9}"  # C0-C3: the LS lines
-        horizontal = [lines[0][:1] + (":",) + lines[0][2:]] + [line for line in lines[1:] if line[2] != "best val"]
         for summary in series:
-            for name, style, what in horizontal:
+            for name, style, what in (line for line in lines if line[2] != "best val"):
                 if summary.mean(name) is not None:
                     axis.axhline(scale * summary.mean(name), linestyle=style, label=f"{method} ({what})", color=color)
 
