@@ -19,7 +19,10 @@ FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+# Most tests do not look at the figures, and drawing them (matplotlib) costs about a second per run; the views'
+# tests and the runs that check the figures ask for them again with FIGURES.
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--views.figures=false"]
+FIGURES = ["--views.figures=true"]
 
 
 def lsl(*args: str, cwd: Path) -> subprocess.CompletedProcess:

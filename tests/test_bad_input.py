@@ -35,12 +35,11 @@ from typing import Callable
 
 import pytest
 import torch
-from conftest import flip_bytes_in_the_weights, write_cifar100
+from conftest import QUIET, flip_bytes_in_the_weights, write_cifar100
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 SCRIPT = Path(sys.executable).with_name("lsl")
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 TINY = [*QUIET, "--trainer.max_steps=2"]  # a bad input that is not refused still ends in seconds
 FIT = ["fit", "--config", QUICKSTART, *TINY, "--test_after_fit=false"]
 NOISE_CACHE = "data/noisy_labels"  # the checksummed noise-label cache: new complete files there are allowed

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, QUICKSTART, QUIET, assert_clean_failure, lsl, run_main, scalars, write_cifar10, write_cifar100
+from conftest import CONFIGS, FIGURES, QUICKSTART, QUIET, assert_clean_failure, lsl, run_main, scalars, write_cifar10, write_cifar100
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lsl import Classifier, ForwardCorrection
@@ -258,17 +258,27 @@ def test_ddp_spawn_on_two_cpu_processes(tmp_path: Path) -> None:
     result = lsl("fit", "--config", QUICKSTART, *QUIET, "--trainer.max_epochs=1", "--trainer.strategy=ddp_spawn",
                  "--trainer.devices=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "test/acc" in scalars(tmp_path / "logs" / "quickstart" / "version_0")
+    logged = scalars(tmp_path / "logs" / "quickstart" / "version_0")
+    assert "test/acc" in logged
+    # The temperatures are fitted on every rank and logged once; the scaled ECE is over both ranks' predictions.
+    for name in ("noisy", "noise_aware", "oracle"):
+        assert len(logged[f"test/temperature_{name}"]) == 1 and 0.0 <= logged[f"test/ece_scaled_{name}"][0] <= 1.0
     assert len(list((tmp_path / "data" / "noisy_labels").glob("*.npy"))) == 1
 
 
 def test_ddp_with_one_process_logs_the_test_views(tmp_path: Path) -> None:
     # DDP's all_gather stacks a leading rank dimension even for one process (configs/hardware/ddp.yaml on a
     # one-GPU machine); the test views once read that block as if it were the gathered outputs.
-    result = lsl("fit", "--config", QUICKSTART, *QUIET, "--trainer.max_steps=5", "--trainer.strategy=ddp",
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = lsl("fit", "--config", QUICKSTART, *QUIET, *FIGURES, "--trainer.max_steps=5", "--trainer.strategy=ddp",
                  "--trainer.devices=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "test/acc" in scalars(tmp_path / "logs" / "quickstart" / "version_0")
+    run = tmp_path / "logs" / "quickstart" / "version_0"
+    assert "test/acc" in scalars(run) and "test/ece_scaled_oracle" in scalars(run)
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    assert {"views/test_reliability", "views/test_per_class_acc"} <= set(events.Tags()["images"])
 
 
 def test_predict_writes_the_test_probabilities_into_its_run(tmp_path: Path, monkeypatch) -> None:

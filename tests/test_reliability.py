@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import run_main, write_cifar10, write_fashion_mnist
+from conftest import QUIET, run_main, write_cifar10, write_fashion_mnist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -31,7 +31,6 @@ from lsl.resume import AtomicCheckpointIO
 
 TESTS = Path(__file__).resolve().parent
 QUICKSTART = str(TESTS.parent / "configs" / "quickstart.yaml")
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 RACING_WORKERS = 2
 RACE_PROCESSES = 6
 CLEAN = np.random.default_rng(0).integers(0, 10, 200_000)

@@ -362,6 +362,7 @@ def test_a_real_sweep_of_quickstart_runs_resumes_without_redoing_finished_runs(t
         overrides:
           trainer.max_epochs: 2
           trainer.enable_progress_bar: false
+          views.figures: false
           checkpoint.monitor: val/acc_noisy
           checkpoint.mode: max
           checkpoint.save_top_k: 1
@@ -624,7 +625,8 @@ def test_a_requeued_slurm_run_never_restores_the_hpc_checkpoint_another_run_left
     sweep = load_sweep(write_sweep(tmp_path, f"""
         name: tiny
         config: {QUICKSTART}
-        overrides: {{trainer.max_steps: 3, test_after_fit: false, trainer.enable_progress_bar: false}}
+        overrides: {{trainer.max_steps: 3, test_after_fit: false, trainer.enable_progress_bar: false,
+                     views.figures: false}}
         grid: {{seed_everything: [0]}}
     """))
     [run] = sweep.runs(Path("logs"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import QUICKSTART, QUIET, run_main, scalars
+from conftest import FIGURES, QUICKSTART, QUIET, run_main, scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.colors import PowerNorm, to_rgb
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -290,7 +290,7 @@ def test_without_temperatures_only_the_raw_model_is_drawn_and_a_best_checkpoint_
 
 def test_the_quickstart_run_logs_every_view_and_an_hparams_entry(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--trainer.max_epochs=4", "--trainer.limit_train_batches=5",
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, *FIGURES, "--trainer.max_epochs=4", "--trainer.limit_train_batches=5",
                      "--views.every_n_epochs=2"]) == 0
     run = tmp_path / "logs" / "quickstart" / "version_0"
     events = read_events(run)
@@ -350,9 +350,20 @@ def test_the_quickstart_run_logs_every_view_and_an_hparams_entry(tmp_path: Path,
         assert panel.ece == pytest.approx(logged[f"test/ece_scaled_{panel.name}"][-1], abs=1e-6)
 
 
+def test_figures_false_skips_matplotlib_and_keeps_the_other_views(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["fit", "--config", QUICKSTART, *QUIET, "--views.figures=false", "--trainer.max_epochs=2",
+                     "--trainer.limit_train_batches=5", "--views.every_n_epochs=1"]) == 0
+    events = read_events(tmp_path / "logs" / "quickstart" / "version_0")
+    assert events.Tags()["images"] == []
+    assert [h.step for h in events.Histograms("views/train_max_prob/clean")] == [5, 10]
+    assert "views/test_per_class_acc/text_summary" in events.Tags()["tensors"]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+
+
 def test_views_leave_training_unchanged(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    short = ["--config", QUICKSTART, *QUIET, "--trainer.max_epochs=2", "--trainer.limit_train_batches=5",
+    short = ["--config", QUICKSTART, *QUIET, *FIGURES, "--trainer.max_epochs=2", "--trainer.limit_train_batches=5",
              "--trainer.deterministic=true", "--test_after_fit=false"]
     assert run_main(["fit", *short, "--views.every_n_epochs=1"]) == 0
     assert run_main(["fit", *short, "--views.every_n_epochs=0"]) == 0

@@ -70,6 +70,9 @@ class TensorBoardViews(pl.Callback):
         hparam_metrics: Scalar tags shown as metrics in the hparams tab (their last values); None gives the
             test metrics and the final train/val accuracies and memorisation. Keep it the same across runs
             you compare: TensorBoard takes the columns from one run.
+        figures: Draw the three matplotlib figures (confusion against T, reliability, per-class accuracy);
+            false skips matplotlib (about a second per test) and keeps the histograms, the per-class text and
+            the hparams row.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class TensorBoardViews(pl.Callback):
         max_train_samples: int | None = 5000,
         reliability_bins: int = 15,
         hparam_metrics: list[str] | None = None,
+        figures: bool = True,
     ) -> None:
         if every_n_epochs < 0:
             raise ConfigError(f"every_n_epochs={every_n_epochs} must be 0 (only at test end) or a positive number")
@@ -89,6 +93,7 @@ class TensorBoardViews(pl.Callback):
         self.max_train_samples = max_train_samples
         self.reliability_bins = reliability_bins
         self.hparam_metrics = list(DEFAULT_HPARAM_METRICS if hparam_metrics is None else hparam_metrics)
+        self.figures = figures
         self.last_reliability: dict[str, float] = {}
         self._train_views_step: int | None = None
         self._test_predictions = CollectedPredictions()
@@ -132,12 +137,15 @@ class TensorBoardViews(pl.Callback):
         writer = logger.experiment
         panels = reliability_panels(logits, targets, self.reliability_bins, temperatures)
         self.last_reliability = {panel.name: panel.ece for panel in panels}
-        writer.add_figure("views/test_reliability", draw_reliability(panels), step, close=True)
+        if self.figures:
+            writer.add_figure("views/test_reliability", draw_reliability(panels), step, close=True)
         predictions = logits.argmax(dim=1)
         num_classes = int(pl_module.hparams.get("num_classes", logits.shape[1]))
         accuracy, counts = per_class_accuracy(predictions, targets, num_classes)
         overall = (predictions == targets).double().mean().item()
-        writer.add_figure("views/test_per_class_acc", per_class_figure(accuracy, counts, overall), step, close=True)
+        if self.figures:
+            writer.add_figure("views/test_per_class_acc", per_class_figure(accuracy, counts, overall), step,
+                              close=True)
         rows = [f"| {k} | {accuracy[k]:.4f} | {int(counts[k])} |" for k in range(num_classes)]
         table = ["| class | accuracy | samples |", "|---|---|---|", *rows, f"| all | {overall:.4f} | {len(targets)} |"]
         writer.add_text("views/test_per_class_acc", "\n".join(table), step)
@@ -157,8 +165,9 @@ class TensorBoardViews(pl.Callback):
         writer = logger.experiment
         num_classes = logits.shape[1]
         confusion = prediction_vs_noisy_label(logits.argmax(dim=1), noisy, num_classes)
-        writer.add_figure("views/train_confusion_vs_T", confusion_figure(confusion, datamodule.transition_matrix),
-                          step, close=True)
+        if self.figures:
+            writer.add_figure("views/train_confusion_vs_T",
+                              confusion_figure(confusion, datamodule.transition_matrix), step, close=True)
         max_prob, norm = logits.softmax(dim=1).max(dim=1).values, logits.norm(dim=1)
         for subset, mask in (("clean", ~is_noisy), ("mislabelled", is_noisy)):
             if mask.any():
