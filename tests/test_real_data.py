@@ -49,6 +49,7 @@ def test_cifar10n_human_labels_line_up_with_the_rebuilt_cifar10(cifar10_root: Pa
     assert realised_flip_rate(clean, module.noisy_labels.labels) == pytest.approx(0.4021, abs=5e-4)
 
 
+@pytest.mark.slow  # a minute: the end-of-fit diagnostic runs ResNet-32 over all 45,000 training images
 def test_cifar10_paper_config_runs_on_the_rebuilt_cifar10(cifar10_root: Path, tmp_path: Path) -> None:
     result = lsl("fit", "--config", str(CONFIGS / "cifar10" / "ls.yaml"), *QUIET, "--trainer.max_steps=3",
                  f"--data.init_args.dataset.init_args.root={cifar10_root}", "--trainer.limit_val_batches=1",

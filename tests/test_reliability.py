@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import QUIET, run_main, write_cifar10, write_fashion_mnist
+from conftest import QUIET, run_main, scalars, write_cifar10, write_fashion_mnist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -241,11 +241,15 @@ def assert_trained_on(records: list[dict], labels: np.ndarray, sidecar: dict) ->
 
 
 def test_both_ddp_ranks_train_on_the_same_noisy_labels(tmp_path) -> None:
+    # ddp_spawn pickles the trainer and the modules: also a regression test for anything unpicklable in them.
     result = lsl("fit", "--config", QUICKSTART, *QUIET, "--trainer.max_epochs=1", "--trainer.strategy=ddp_spawn",
-                 "--trainer.devices=2", "--test_after_fit=false",
-                 callback("RecordTrainingLabels", folder=str(tmp_path)),
-                 cwd=tmp_path)
+                 "--trainer.devices=2", callback("RecordTrainingLabels", folder=str(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    logged = scalars(tmp_path / "logs" / "quickstart" / "version_0")
+    assert "test/acc" in logged
+    # The temperatures are fitted on every rank and logged once; the scaled ECE is over both ranks' predictions.
+    for name in ("noisy", "noise_aware", "oracle"):
+        assert len(logged[f"test/temperature_{name}"]) == 1 and 0.0 <= logged[f"test/ece_scaled_{name}"][0] <= 1.0
 
     labels, sidecar = artifact(tmp_path)
     records = trained_labels(tmp_path)
