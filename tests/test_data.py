@@ -816,6 +816,34 @@ def test_train_subset_is_a_fixed_subset_drawn_before_the_noise(tmp_path: Path) -
         _digits_module(tmp_path, train_subset=0)
 
 
+def test_a_balanced_subset_holds_as_many_images_of_every_class_and_is_fixed(tmp_path: Path) -> None:
+    _, clean = Digits(root=str(tmp_path / "reference")).load(train=True)
+    module = _ready(_digits_module(tmp_path / "a", train_subset=300, balanced_subset=True))
+    rows = torch.cat([module.train_set.image_rows, module.val_set.image_rows]).numpy()
+    assert len(np.unique(rows)) == 300 and np.bincount(clean[rows], minlength=10).tolist() == [30] * 10
+    assert module.noisy_labels.path.name == "digits-balanced300-train-symmetric-flip-0.4-seed0.npy"
+    assert module.fingerprint()["dataset"] == "digits-balanced300"
+    # The same images for another noise seed; a random subset of that size is another set of images.
+    other = _ready(_digits_module(tmp_path / "b", train_subset=300, balanced_subset=True, noise_seed=1))
+    np.testing.assert_array_equal(np.sort(torch.cat([other.train_set.image_rows, other.val_set.image_rows]).numpy()),
+                                  np.sort(rows))
+    random = _ready(_digits_module(tmp_path / "c", train_subset=300))
+    random_rows = torch.cat([random.train_set.image_rows, random.val_set.image_rows]).numpy()
+    assert np.bincount(clean[random_rows], minlength=10).tolist() != [30] * 10
+    assert random.data_name == "digits-subset300"
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"train_subset": 305}, "train_subset=305 is not a multiple of the 10 classes: give 300 or 310"),
+    ({"train_subset": 1430}, "needs 143 images of each class"),
+    ({}, "balanced_subset=true needs a train_subset"),
+])
+def test_a_balanced_subset_that_cannot_be_drawn_is_refused(tmp_path: Path, options: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        _ready(_digits_module(tmp_path, balanced_subset=True, **options))
+    assert not (tmp_path / "noisy_labels").exists()
+
+
 def test_train_subset_larger_than_the_data_is_refused_before_any_label_is_drawn(tmp_path: Path) -> None:
     module = _digits_module(tmp_path, train_subset=DIGITS_TRAIN + 5)
     with pytest.raises(ConfigError) as info:

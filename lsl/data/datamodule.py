@@ -56,6 +56,8 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         train_subset: Train on this many images only: a fixed random subset of the training split (the
             same for every seed), drawn before the noise, for studies sized to a CPU. None uses them all; more
             than the split holds is a ConfigError.
+        balanced_subset: Draw ``train_subset`` with the same number of images from every class (it must be a
+            multiple of K); false draws it uniformly at random, so class counts vary a little.
         images_on_device: Keep an in-memory dataset (CIFAR, Fashion-MNIST, digits) on the accelerator, as
             uint8, and slice each batch there: no host-to-device copy per batch. It is the same data and the
             same augmentation either way. Ignored on a CPU, for ImageFolder data and with ``num_workers > 0``.
@@ -73,6 +75,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         augment: bool = True,
         artifact_dir: str | None = None,
         train_subset: int | None = None,
+        balanced_subset: bool = False,
         images_on_device: bool = True,
     ) -> None:
         super().__init__()
@@ -83,6 +86,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
                 raise ConfigError(f"{name}={value} must be a positive number of samples")
         if train_subset is not None and train_subset < 1:
             raise ConfigError(f"train_subset={train_subset} must be a positive number of images, or null for all")
+        if balanced_subset and train_subset is None:
+            raise ConfigError("balanced_subset=true needs a train_subset (how many images to draw): give one, or "
+                              "balanced_subset=false to train on every image")
         if num_workers < 0:
             raise ConfigError(f"num_workers={num_workers} must be 0 or more")
         self.dataset = dataset
@@ -95,6 +101,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.augment = augment
         self.artifact_dir = Path(artifact_dir) if artifact_dir else dataset.root / "noisy_labels"
         self.train_subset = train_subset
+        self.balanced_subset = balanced_subset
         self.images_on_device = images_on_device
         self.noisy_labels: NoisyLabels | None = None
         self._normalisation: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -195,7 +202,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         learnt from the same noisy labels.
         """
         noisy_labels = self._load_noisy_labels(self._training_split()[1])
-        return {"dataset": self._artifact_name, "num_classes": self.num_classes, "noise": self.noise.spec(),
+        return {"dataset": self.data_name, "num_classes": self.num_classes, "noise": self.noise.spec(),
                 "noise_seed": self.noise_seed, "noisy_labels_sha256": noisy_labels.sha256}
 
     @property
@@ -213,19 +220,43 @@ class NoisyLabelDataModule(pl.LightningDataModule):
                 f"train_subset={self.train_subset} is more than the {len(clean)} training images of "
                 f"{self.dataset.name}: give train_subset <= {len(clean)}, or null to train on all of them"
             )
-        if self.train_subset is None or self.train_subset == len(clean):
+        if self.balanced_subset:
+            chosen = self._balanced_subset(clean)
+        elif self.train_subset is None or self.train_subset == len(clean):
             return images, clean, np.arange(len(clean))
-        chosen = np.sort(np.random.default_rng(0).permutation(len(clean))[: self.train_subset])
+        else:
+            chosen = np.sort(np.random.default_rng(0).permutation(len(clean))[: self.train_subset])
         return images, clean[chosen], chosen
 
+    def _balanced_subset(self, clean: np.ndarray) -> np.ndarray:
+        """``train_subset / K`` images of every class, a fixed draw (the same for every seed), in index order."""
+        num_classes = self.num_classes
+        per_class, remainder = divmod(self.train_subset, num_classes)
+        if remainder:
+            raise ConfigError(f"balanced_subset=true: train_subset={self.train_subset} is not a multiple of the "
+                              f"{num_classes} classes: give {self.train_subset - remainder} or "
+                              f"{self.train_subset - remainder + num_classes}")
+        members = [np.flatnonzero(clean == k) for k in range(num_classes)]
+        smallest = min(range(num_classes), key=lambda k: len(members[k]))
+        if len(members[smallest]) < per_class:
+            raise ConfigError(f"balanced_subset=true: train_subset={self.train_subset} needs {per_class} images of "
+                              f"each class, and class {smallest} has {len(members[smallest])}: give train_subset <= "
+                              f"{len(members[smallest]) * num_classes}")
+        rng = np.random.default_rng(0)
+        return np.sort(np.concatenate([rng.permutation(rows)[:per_class] for rows in members]))
+
     @property
-    def _artifact_name(self) -> str:
-        return self.dataset.name if self.train_subset is None else f"{self.dataset.name}-subset{self.train_subset}"
+    def data_name(self) -> str:
+        """The training data's name: the dataset's, with the subset when there is one (``cifar10-balanced4500``);
+        part of the noise artifact's file name and of the data fingerprint."""
+        if self.train_subset is None:
+            return self.dataset.name
+        return f"{self.dataset.name}-{'balanced' if self.balanced_subset else 'subset'}{self.train_subset}"
 
     def _load_noisy_labels(self, clean: np.ndarray) -> NoisyLabels:
         if self.noisy_labels is None:
             self.noisy_labels = load_or_create_noisy_labels(
-                self.noise, clean, self.num_classes, dataset=self._artifact_name, split="train",
+                self.noise, clean, self.num_classes, dataset=self.data_name, split="train",
                 seed=self.noise_seed, directory=self.artifact_dir,
             )
         return self.noisy_labels

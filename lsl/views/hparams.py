@@ -30,9 +30,7 @@ def run_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str,
         alpha = 0.0
     else:
         alpha = loss.alpha if isinstance(loss, (LabelSmoothing, TransitionMatrixLoss)) else None
-    data = datamodule.dataset.name if datamodule is not None else "unknown"
-    if datamodule is not None and datamodule.train_subset:
-        data += f"-subset{datamodule.train_subset}"
+    data = datamodule.data_name if datamodule is not None else "unknown"
     seed = os.environ.get("PL_GLOBAL_SEED")
     return {
         "data": data,
