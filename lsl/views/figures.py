@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lsl.calibration import bin_statistics
+from lsl.calibration import bin_statistics, expected_calibration_error
 from lsl.temperature import scaled_probabilities
 
 if TYPE_CHECKING:
@@ -146,8 +146,9 @@ def reliability_panels(logits: Tensor | np.ndarray, targets: Tensor | np.ndarray
     for name, temperature in [("raw", 1.0), *temperatures.items()]:
         probabilities = torch.from_numpy(scaled_probabilities(logits, temperature))
         confidence, predictions = probabilities.max(dim=1)
-        counts, accuracy, mean_confidence = bin_statistics(confidence, predictions == targets, bins)
-        ece = ((counts * (accuracy - mean_confidence).abs()).sum() / counts.sum()).item()
+        correct = predictions == targets
+        counts, accuracy, mean_confidence = bin_statistics(confidence, correct, bins)
+        ece = expected_calibration_error(confidence, correct, bins).item()
         panels.append(ReliabilityPanel(name, float(temperature), counts.numpy(), accuracy.numpy(),
                                        mean_confidence.numpy(), ece))
     return panels
