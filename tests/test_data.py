@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, FASHION_MNIST_DEBIAN, write_fashion_mnist
+from conftest import CONFIGS, FASHION_MNIST_DEBIAN, write_cifar10, write_fashion_mnist
 
 from lsl.data import (
     CIFAR10,
@@ -29,7 +29,7 @@ from lsl.data import (
     random_crop_flip,
 )
 from lsl.errors import ConfigError
-from lsl.noise import NoNoise, SymmetricNoise
+from lsl.noise import HumanNoise, NoNoise, SymmetricNoise
 
 DIGITS_N = 1797
 DIGITS_TRAIN = 1437  # 1797 - ceil(0.2 * 1797)
@@ -842,6 +842,20 @@ def test_a_balanced_subset_that_cannot_be_drawn_is_refused(tmp_path: Path, optio
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         _ready(_digits_module(tmp_path, balanced_subset=True, **options))
     assert not (tmp_path / "noisy_labels").exists()
+
+
+def test_a_cifar10_subset_with_human_noise_takes_each_images_own_label(tmp_path: Path) -> None:
+    root = write_cifar10(tmp_path / "data")
+    clean = CIFAR10(root=str(root)).load(train=True)[1]
+    human = {"clean_label": clean, "worse_label": (clean + 1 + (np.arange(len(clean)) % 3 == 0)) % 10}
+    torch.save(human, tmp_path / "CIFAR-10_human.pt")
+    module = _ready(NoisyLabelDataModule(dataset=CIFAR10(root=str(root)),
+                                         noise=HumanNoise(str(tmp_path / "CIFAR-10_human.pt")),
+                                         train_subset=100, balanced_subset=True, val_fraction=0.1))
+    for split in (module.train_set, module.val_set):
+        rows = split.image_rows.numpy()
+        np.testing.assert_array_equal(split.noisy.numpy(), human["worse_label"][rows])
+        np.testing.assert_array_equal(split.clean.numpy(), clean[rows])
 
 
 def test_train_subset_larger_than_the_data_is_refused_before_any_label_is_drawn(tmp_path: Path) -> None:

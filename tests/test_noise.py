@@ -412,6 +412,28 @@ def test_human_noise_artifact_round_trip(fake_cifar10n, tmp_path):
     assert artifact.metadata["nominal_rate"] == pytest.approx(artifact.metadata["realised_rate"])
 
 
+def test_a_subset_of_the_images_keeps_each_images_own_human_label(fake_cifar10n, tmp_path):
+    path, content = fake_cifar10n
+    noise = HumanNoise(str(path), "worse_label")
+    rows = np.sort(np.random.default_rng(3).choice(500, 120, replace=False))
+    clean = content["clean_label"][rows]
+    np.testing.assert_array_equal(noise.corrupt_subset(clean, rows, K, seed=0), content["worse_label"][rows])
+    artifact = load_or_create_noisy_labels(noise, clean, K, dataset="cifar10-subset120", split="train", seed=0,
+                                           directory=tmp_path / "labels", rows=rows)
+    np.testing.assert_array_equal(artifact.labels, content["worse_label"][rows])
+    with pytest.raises(ConfigError, match="clean labels of the training subset differ"):
+        noise.corrupt_subset(clean, np.roll(rows, 1), K, seed=0)
+    with pytest.raises(ConfigError, match="does not fit"):
+        noise.corrupt_subset(clean, rows + 500, K, seed=0)
+
+
+def test_drawn_noise_on_a_subset_does_not_depend_on_which_images_it_holds():
+    clean = np.random.default_rng(0).integers(0, K, size=200)
+    noise = SymmetricNoise(0.4)
+    for rows in (np.arange(200), np.arange(200) + 1000):
+        np.testing.assert_array_equal(noise.corrupt_subset(clean, rows, K, seed=5), noise.corrupt(clean, K, seed=5))
+
+
 def test_human_noise_unknown_key_lists_the_file_keys(fake_cifar10n):
     path, _ = fake_cifar10n
     with pytest.raises(ConfigError, match=r"key='noisy_label'.*aggre_label.*worse_label"):

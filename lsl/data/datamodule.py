@@ -121,9 +121,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         # Runs before Lightning creates any run directory: missing data, sizes that do not fit the data or a
         # corrupted artifact stop here.
         self.dataset.prepare()
-        clean = self._training_split()[1]
+        _, clean, image_rows = self._training_split()
         self._validation_size(len(clean))
-        self._load_noisy_labels(clean)
+        self._load_noisy_labels(clean, image_rows)
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and self.train_set is None:
@@ -154,7 +154,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     def _setup_train_and_val(self) -> None:
         images, clean, image_rows = self._training_split(self.augment)
-        noisy = self._load_noisy_labels(clean).labels
+        noisy = self._load_noisy_labels(clean, image_rows).labels
         order = np.random.default_rng([self.noise_seed, 1]).permutation(len(clean))
         num_val = self._validation_size(len(clean))
         self.train_set = NoisyDataset(images, noisy, clean, np.sort(order[num_val:]), image_rows)
@@ -183,7 +183,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         Batches fetched from it still need :meth:`preprocess` with ``augment=False``.
         """
         images, clean, image_rows = self._training_split(augment=False)
-        noisy = self._load_noisy_labels(clean).labels
+        noisy = self._load_noisy_labels(clean, image_rows).labels
         return NoisyDataset(images, noisy, clean, np.arange(len(clean)), image_rows)
 
     def unaugmented_batches(self, dataset: NoisyDataset, device: torch.device,
@@ -201,7 +201,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         A classifier records it in its checkpoints, so a distillation student can check that its teacher
         learnt from the same noisy labels.
         """
-        noisy_labels = self._load_noisy_labels(self._training_split()[1])
+        noisy_labels = self._load_noisy_labels(*self._training_split()[1:])
         return {"dataset": self.data_name, "num_classes": self.num_classes, "noise": self.noise.spec(),
                 "noise_seed": self.noise_seed, "noisy_labels_sha256": noisy_labels.sha256}
 
@@ -253,11 +253,13 @@ class NoisyLabelDataModule(pl.LightningDataModule):
             return self.dataset.name
         return f"{self.dataset.name}-{'balanced' if self.balanced_subset else 'subset'}{self.train_subset}"
 
-    def _load_noisy_labels(self, clean: np.ndarray) -> NoisyLabels:
+    def _load_noisy_labels(self, clean: np.ndarray, image_rows: np.ndarray) -> NoisyLabels:
         if self.noisy_labels is None:
+            # A subset's rows go to the noise model: human labels belong to particular images.
             self.noisy_labels = load_or_create_noisy_labels(
                 self.noise, clean, self.num_classes, dataset=self.data_name, split="train",
                 seed=self.noise_seed, directory=self.artifact_dir,
+                rows=None if self.train_subset is None else image_rows,
             )
         return self.noisy_labels
 

@@ -84,6 +84,7 @@ def load_or_create_noisy_labels(
     split: str,
     seed: int,
     directory: str | Path,
+    rows: np.ndarray | None = None,
 ) -> NoisyLabels:
     """Read the noisy labels of ``(dataset, split, noise, seed)`` from disk, or draw and write them once.
 
@@ -99,6 +100,8 @@ def load_or_create_noisy_labels(
         split: Split name, part of the file name (e.g. ``"train"``).
         seed: Seed of the noise draw.
         directory: Folder of the artifacts; created if needed.
+        rows: For a subset of the split (``train_subset``), each sample's position in the whole split: noise tied
+            to the images (human labels) takes those images' labels (:meth:`NoiseModel.corrupt_subset`).
 
     Returns:
         The labels, the ``.npy`` path and the sidecar content.
@@ -111,7 +114,7 @@ def load_or_create_noisy_labels(
     labels_path, metadata_path = artifact_paths(noise, dataset=dataset, split=split, seed=seed, directory=directory)
     if labels_path.exists():
         return _load_artifact(noise, labels_path, metadata_path, clean, num_classes, dataset, split, seed)
-    return _create_artifact(noise, clean, num_classes, dataset, split, seed, labels_path, metadata_path)
+    return _create_artifact(noise, clean, num_classes, dataset, split, seed, labels_path, metadata_path, rows)
 
 
 def _fix(labels_path: Path, metadata_path: Path) -> str:
@@ -252,8 +255,11 @@ def _create_artifact(
     seed: int,
     labels_path: Path,
     metadata_path: Path,
+    rows: np.ndarray | None = None,
 ) -> NoisyLabels:
-    labels = as_labels(noise.corrupt(clean, num_classes, seed), f"labels drawn by {noise!r}", num_classes)
+    drawn = noise.corrupt(clean, num_classes, seed) if rows is None else noise.corrupt_subset(clean, rows,
+                                                                                              num_classes, seed)
+    labels = as_labels(drawn, f"labels drawn by {noise!r}", num_classes)
     check_same_length(clean, labels)
     metadata = _artifact_metadata(noise, clean, labels, num_classes, dataset, split, seed)
     metadata[SIDECAR_CHECKSUM_FIELD] = _sidecar_checksum(metadata)

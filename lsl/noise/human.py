@@ -70,6 +70,24 @@ class HumanNoise(NoiseModel):
             )
         return self.noisy_labels.copy()
 
+    def corrupt_subset(self, clean: np.ndarray, rows: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+        """The file's labels for the training images at ``rows`` (positions in the original CIFAR order), after
+        checking that ``clean`` is the file's clean labels of those images (seed unused)."""
+        self._check_fits(num_classes)
+        clean = as_labels(clean, "clean labels", num_classes)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape != clean.shape or rows.min(initial=0) < 0 or rows.max(initial=0) >= self.clean_labels.size:
+            raise ConfigError(f"a subset of {clean.size} training images at rows up to {int(rows.max(initial=0))} "
+                              f"does not fit {self.path!r}, which labels {self.clean_labels.size} images")
+        differ = int(np.sum(clean != self.clean_labels[rows]))
+        if differ:
+            raise ConfigError(
+                f"{differ} clean labels of the training subset differ from {self.path!r}'s: the labels do not line "
+                "up with this dataset's training set; CIFAR-N index i is training image i in the original CIFAR "
+                "order (use the file that matches the dataset)"
+            )
+        return self.noisy_labels[rows].copy()
+
     def _check_fits(self, num_classes: int) -> None:
         largest = int(max(self.clean_labels.max(initial=0), self.noisy_labels.max(initial=0)))
         if largest >= num_classes:

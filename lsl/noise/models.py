@@ -85,6 +85,19 @@ class NoiseModel(ABC):
             noisy[members] = _sample_from_row(rng, transition[cls], members.size)
         return noisy
 
+    def corrupt_subset(self, clean: np.ndarray, rows: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+        """Noisy labels of a subset of the training images (``train_subset``): ``rows`` are their positions in
+        the whole training split, ``clean`` their clean labels.
+
+        Drawn noise does not depend on which images these are, so this draws for ``clean`` alone, exactly as
+        :meth:`corrupt`. Noise tied to the images themselves (human labels, :class:`HumanNoise`) overrides it
+        to give those images' own labels.
+
+        Returns:
+            int64 noisy labels, shape ``[N]``, one per row.
+        """
+        return self.corrupt(clean, num_classes, seed)
+
     @abstractmethod
     def spec(self) -> dict[str, Any]:
         """JSON-able description: ``{"name": ..., "class_path": ..., parameters..., "convention": ...}``."""
