@@ -53,7 +53,8 @@ import torch
 from lsl.errors import ConfigError
 from lsl.noise import validate_transition_matrix
 
-DEFAULT_BOUNDS = (1e-3, 1e4)  # wide: a model whose loss drove its logits to norms in the thousands wants t ~ 1e3
+# Wide: a model whose loss drove its logits huge (a diverged negative label smoothing) wants t far above 100.
+DEFAULT_BOUNDS = (1e-3, 1e4)
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 1 / golden ratio: the share of the bracket kept each step
 GRID_POINTS = 41
 LOG_T_TOLERANCE = 1e-9
@@ -109,7 +110,8 @@ def _check_temperature(temperature: float) -> float:
     return value
 
 
-def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    """``bounds`` as two floats ``0 < lower < upper``, or ConfigError."""
     try:
         lower, upper = (float(value) for value in bounds)
     except (TypeError, ValueError):
@@ -256,7 +258,7 @@ def minimise_on_interval(objective: Callable[[float], float], lower: float, uppe
 
 def _fit(objective: Callable[[float], float], bounds: tuple[float, float]) -> float:
     """The temperature in ``bounds`` minimising ``objective(t)``, searched over ``log t``."""
-    lower, upper = _check_bounds(bounds)
+    lower, upper = check_bounds(bounds)
     log_t = minimise_on_interval(lambda s: objective(math.exp(s)), math.log(lower), math.log(upper))
     return min(max(math.exp(log_t), lower), upper)
 

@@ -17,8 +17,6 @@ the best-validation checkpoint). Accuracy does not change with a temperature, so
 
 from __future__ import annotations
 
-import math
-
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -32,6 +30,7 @@ from lsl.module import TEST_PREFIX, Classifier
 from lsl.noise import load_transition_matrix
 from lsl.temperature import (
     DEFAULT_BOUNDS,
+    check_bounds,
     fit_temperature_noise_aware,
     fit_temperature_noisy,
     fit_temperature_oracle,
@@ -89,10 +88,10 @@ class TemperatureScaling(pl.Callback):
 
     def __init__(self, enabled: bool = True, transition: str | None = None,
                  bounds: tuple[float, float] = DEFAULT_BOUNDS) -> None:
-        lower, upper = bounds
-        if not (math.isfinite(lower) and math.isfinite(upper) and 0.0 < lower < 1.0 < upper):
-            raise ConfigError(f"temperature.bounds={list(bounds)} must be two finite numbers with 0 < lower < 1 < "
-                              "upper (the unscaled model, t = 1, must be inside), e.g. [1.0e-3, 1.0e+4]")
+        lower, upper = check_bounds(bounds)
+        if not lower < 1.0 < upper:
+            raise ConfigError(f"temperature.bounds={list(bounds)} must hold t = 1 (the unscaled model) inside: "
+                              "0 < lower < 1 < upper, e.g. [1.0e-3, 1.0e+4]")
         self.enabled = enabled
         self.transition = transition
         self.bounds = (float(lower), float(upper))

@@ -88,7 +88,6 @@ TEMPERATURE_LEGEND = (" t_noisy, t_noise_aware, t_oracle: the temperatures fitte
                       "temperature.")
 
 
-
 def _heading(column: str) -> str:
     return column.replace("best_", "")
 
