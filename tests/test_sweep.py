@@ -178,7 +178,7 @@ def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path
         assert printed["trainer"]["logger"]["init_args"]["save_dir"] == str(run.directory.parent)
         assert printed["trainer"]["default_root_dir"] == str(run.directory)
         if run.teacher is not None:
-            assert printed["model"]["init_args"]["teacher_checkpoint"].endswith("teacher/checkpoints/last.ckpt")
+            assert printed["model"]["init_args"]["teacher_checkpoint"] == str(run.teacher.last_checkpoint.absolute())
 
 
 @pytest.mark.parametrize("grid, overrides, named", [
@@ -525,6 +525,137 @@ def test_dry_run_lists_each_run_with_its_state_and_command(tmp_path: Path) -> No
     assert f"lsl fit --config {QUICKSTART} --config {tmp_path}/logs/kd/teacher.loss=ce__seed_everything=0/teacher/" \
            "overrides.yaml" in text
     assert not (tmp_path / "logs").exists()
+
+
+# ------------------------------------------------------------------------- a stage borrowed from another sweep
+
+
+def lending_sweeps(tmp_path: Path, student_grid: str = "ce: {class_path: lsl.losses.CrossEntropy}") -> tuple[Path, Path]:
+    """A single-config sweep of teachers (a copy of the quickstart, CE and LS x 2 seeds) and a distillation sweep
+    whose teacher stage takes seed 0's runs of it."""
+    (tmp_path / "base.yaml").write_text(Path(QUICKSTART).read_text())
+    lender = tmp_path / "teachers.yaml"
+    lender.write_text(textwrap.dedent("""
+        name: teachers
+        config: base.yaml
+        overrides: {trainer.max_epochs: 1}
+        grid:
+          model.init_args.loss:
+            ce: {class_path: lsl.losses.CrossEntropy}
+            ls: {class_path: lsl.losses.LabelSmoothing, init_args: {alpha: 0.4}}
+          seed_everything: [0, 1]
+    """))
+    borrower = tmp_path / "students.yaml"
+    borrower.write_text(textwrap.dedent(f"""
+        name: students
+        overrides: {{trainer.max_epochs: 1}}
+        stages:
+          teacher: {{sweep: teachers.yaml}}
+          student: {{config: {CONFIGS / "quickstart_distill.yaml"}, teacher: teacher}}
+        grid:
+          teacher.model.init_args.loss:
+            {student_grid}
+            ls: {{class_path: lsl.losses.LabelSmoothing, init_args: {{alpha: 0.4}}}}
+          seed_everything: [0]
+    """))
+    return lender, borrower
+
+
+def test_a_stage_takes_another_sweeps_finished_runs_as_teachers_and_runs_only_the_students(tmp_path: Path) -> None:
+    lender, borrower = lending_sweeps(tmp_path)
+    logs = tmp_path / "logs"
+    fake_sweep(lender, logs, tmp_path)
+    teachers = {run.point: run for run in load_sweep(lender).runs(logs)}
+    ran_before = {point: (run.directory / "fake_ran").stat().st_mtime_ns for point, run in teachers.items()}
+    runs = load_sweep(borrower).runs(logs)
+    students = [run for run in runs if not run.borrowed]
+    assert [run.name for run in students] == ["teacher.loss=ce__seed_everything=0/student",
+                                              "teacher.loss=ls__seed_everything=0/student"]
+    for student, lent in zip(students, ["loss=ce__seed_everything=0", "loss=ls__seed_everything=0"]):
+        # The teacher is the lender's run with exactly this config: its folder, its fingerprint.
+        assert student.teacher.borrowed and student.teacher.directory == teachers[lent].directory
+        assert student.teacher.fingerprint == teachers[lent].fingerprint
+        assert student.overrides["model.init_args.teacher_checkpoint"] == str(teachers[lent].last_checkpoint.absolute())
+    listing = io.StringIO()
+    assert sweep_command(["--config", str(borrower), "--logs", str(logs), "--dry-run"], listing) == 0
+    assert listing.getvalue().startswith("sweep students: 2 runs (0 done), 2 grid points x 2 stage(s); "
+                                         "2 teacher run(s) of sweep teachers, run there")
+    assert f"  done   teacher.loss=ce__seed_everything=0/teacher: {teachers['loss=ce__seed_everything=0'].directory}" \
+           " (sweep teachers)" in listing.getvalue()
+    printed = fake_sweep(borrower, logs, tmp_path)
+    assert "2 runs, 0 already done, 2 to run" in printed and printed.count("started") == 2
+    assert all((run.directory / DONE_FILE).is_file() for run in students)
+    assert {point: (run.directory / "fake_ran").stat().st_mtime_ns for point, run in teachers.items()} == ran_before
+    assert sorted(path.name for path in (logs / "students").iterdir()) == [run.point for run in students]
+
+
+def test_a_student_whose_borrowed_teacher_is_unfinished_or_of_another_config_is_refused(tmp_path: Path,
+                                                                                         capsys) -> None:
+    lender, borrower = lending_sweeps(tmp_path)
+    logs = tmp_path / "logs"
+    for mode in ([], ["--slurm"]):
+        with pytest.raises(ConfigError) as error:
+            sweep_command(["--config", str(borrower), "--logs", str(logs), *mode], io.StringIO())
+        assert str(error.value) == ("sweep students: the teacher of teacher.loss=ce__seed_everything=0/student is run "
+                                    "loss=ce__seed_everything=0 of sweep teachers, which has not finished: run it first "
+                                    f"(lsl sweep --config {lender})")
+    assert not logs.exists()
+    fake_sweep(lender, logs, tmp_path)
+    # The lender's base config changes after its runs: they are stale there, and no student may learn from them.
+    base = tmp_path / "base.yaml"
+    base.write_text(base.read_text().replace("lr: 0.05", "lr: 0.1"))
+    assert run_main(["sweep", "--config", str(borrower), "--logs", str(logs)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lsl: error: sweep students: the teacher of teacher.loss=ce__seed_everything=0/student, ")
+    assert "was made with another config than sweep teachers gives it now" in err and err.count("\n") == 1
+    assert not (logs / "students").exists()
+
+
+def test_a_borrowed_stage_asks_only_for_runs_the_lending_sweep_has(tmp_path: Path) -> None:
+    _, borrower = lending_sweeps(tmp_path, "ce: {class_path: lsl.losses.LabelSmoothing, init_args: {alpha: 0.8}}")
+    with pytest.raises(ConfigError) as error:
+        load_sweep(borrower).runs(tmp_path / "logs")
+    assert "stage 'teacher' takes its runs from sweep teachers" in str(error.value)
+    assert "none of them runs what grid point teacher.loss=ce__seed_everything=0 asks" in str(error.value)
+
+
+@pytest.mark.parametrize("stage, fragment", [
+    ("{sweep: teachers.yaml, config: base.yaml}", "must be a mapping with a 'config' (its base config) or a 'sweep'"),
+    ("{sweep: teachers.yaml, overrides: {trainer.max_epochs: 2}}", "remove ['overrides']"),
+    ("{sweep: sweep.yaml}", "is this sweep file"),
+    ("{sweep: staged.yaml}", "only a sweep with one base config"),
+    ("{sweep: missing.yaml}", "does not exist"),
+])
+def test_a_bad_borrowed_stage_is_a_config_error_naming_it(tmp_path: Path, stage: str, fragment: str) -> None:
+    lending_sweeps(tmp_path)
+    write_sweep(tmp_path, DISTILL_SWEEP).rename(tmp_path / "staged.yaml")
+    with pytest.raises(ConfigError) as error:
+        load_sweep(write_sweep(tmp_path, f"stages: {{teacher: {stage}}}"))
+    assert "stages.teacher" in str(error.value) and fragment in str(error.value)
+
+
+def test_slurm_writes_no_job_for_a_borrowed_stage(tmp_path: Path, monkeypatch) -> None:
+    lender, borrower = lending_sweeps(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    fake_sweep(lender, Path("logs"), tmp_path)
+    out = io.StringIO()
+    assert sweep_command(["--config", str(borrower), "--slurm"], out) == 0
+    assert "wrote 1 array job script(s) for 2 runs" in out.getvalue()
+    assert sorted(path.name for path in (tmp_path / "logs/students/slurm").iterdir()) == ["student.sbatch", "submit.sh"]
+    submit = (tmp_path / "logs/students/slurm/submit.sh").read_text()
+    assert "job_student=$(sbatch --parsable logs/students/slurm/student.sbatch)" in submit and "teacher" not in submit
+
+
+def test_print_config_of_a_borrowing_sweep_loads_back_to_the_same_runs(tmp_path: Path) -> None:
+    _, borrower = lending_sweeps(tmp_path)
+    out = io.StringIO()
+    assert sweep_command(["--config", str(borrower), "--print_config"], out) == 0
+    printed = yaml.safe_load(out.getvalue())["sweep"]
+    assert printed["stages"]["teacher"] == {"sweep": str(tmp_path / "teachers.yaml")}
+    (tmp_path / "elsewhere").mkdir()
+    again = write_sweep(tmp_path / "elsewhere", yaml.safe_dump(printed, sort_keys=False))
+    assert [(run.name, run.fingerprint, run.directory) for run in load_sweep(again).runs(tmp_path / "logs")] == \
+           [(run.name, run.fingerprint, run.directory) for run in load_sweep(borrower).runs(tmp_path / "logs")]
 
 
 class ClosedPipeAfter(io.StringIO):

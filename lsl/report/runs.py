@@ -268,11 +268,11 @@ class _CurrentFingerprints:
             return None
         if sweep_file not in self.by_file:
             try:
-                sweep = load_sweep(sweep_file)
+                runs = load_sweep(sweep_file).runs(Path("logs"))
             except ConfigError as error:
                 raise ConfigError(f"run {str(directory)!r} was made by sweep file {str(sweep_file)!r}, which cannot be "
                                   f"read now to check that its runs are current: {error}") from None
-            self.by_file[sweep_file] = {(run.point, run.stage.name): run.fingerprint for run in sweep.runs(Path("logs"))}
+            self.by_file[sweep_file] = {(run.point, run.stage.name): run.fingerprint for run in runs}
         current = self.by_file[sweep_file].get((info.get("point"), info.get("stage", "")))
         recorded = recorded_fingerprint(directory)
         if current is None:

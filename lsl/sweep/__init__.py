@@ -27,6 +27,10 @@ that stage only, and ``teacher: <stage>`` fills ``model.init_args.teacher_checkp
       teacher.model.init_args.loss: {ce: {class_path: lsl.losses.CrossEntropy}, ...}
       seed_everything: [0, 1, 2]
 
+A stage written ``teacher: {sweep: other.yaml}`` trains nothing: its runs are the finished runs of that
+(single-config) sweep with exactly the config this grid point gives them, found by fingerprint; a student
+still to run is refused while its teacher there has not finished or is stale.
+
 Each run is ``lsl fit --config BASE --config <run>/overrides.yaml`` in its own directory
 ``logs/<name>/<point>/`` (``logs/<name>/<point>/<stage>/`` with stages), which is also its Trainer's
 ``default_root_dir``. ``sweep_run.json`` there says what the run is; ``sweep_done.json`` marks it finished, so a

@@ -74,11 +74,13 @@ def sweep_command(argv: list[str], out=None) -> int:
         return 0
     logs = Path(options.logs)
     runs = sweep.runs(logs)
-    check_configs(sweep, runs)
+    own = [run for run in runs if not run.borrowed]
+    check_configs(sweep, own)
     if options.dry_run:
         _list_runs(sweep, runs, out)
         return 0
-    stale = [run for run in runs if run.stale]
+    _check_borrowed_teachers(sweep, runs)
+    stale = [run for run in own if run.stale]
     if stale and not (options.rerun_stale or options.accept_stale):
         raise ConfigError(f"sweep {sweep.name}: {len(stale)} run(s) were made with a different config (the sweep file "
                           f"or a base config changed): e.g. {stale[0].name}; pass --rerun-stale to run them again "
@@ -94,24 +96,52 @@ def sweep_command(argv: list[str], out=None) -> int:
               file=out, flush=True)
     if options.slurm:
         slurm = SlurmOptions(options.gpus, options.cpus_per_gpu, options.time, options.partition, options.max_concurrent)
-        submit = write_slurm(sweep, runs, slurm, logs / sweep.name / "slurm")
-        print(f"wrote {len(sweep.stages)} array job script(s) for {len(runs)} runs; submit with: bash {submit}", file=out)
+        submit = write_slurm(sweep, own, slurm, logs / sweep.name / "slurm")
+        print(f"wrote {len({run.stage.name for run in own})} array job script(s) for {len(own)} runs; submit with: bash {submit}",
+              file=out)
         return 0
     try:
-        failed = LocalRunner(sweep, runs, options.parallel, out, retry_failed=options.retry_failed).run()
+        failed = LocalRunner(sweep, own, options.parallel, out, retry_failed=options.retry_failed).run()
     except KeyboardInterrupt:
         return 130
     return 1 if failed else 0
 
 
+def _check_borrowed_teachers(sweep: Sweep, runs: list[Run]) -> None:
+    """A student still to run whose teacher is another sweep's run needs that run finished, and made with the
+    config that sweep gives it now: this sweep cannot run it, and would otherwise distil from whatever is there."""
+    for run in runs:
+        teacher = run.teacher
+        if teacher is None or not teacher.borrowed or run.done:
+            continue
+        source = teacher.stage.source
+        if teacher.stale:
+            raise ConfigError(f"sweep {sweep.name}: the teacher of {run.name}, {str(teacher.directory)!r}, was made "
+                              f"with another config than sweep {source.name} gives it now: bring that sweep up to "
+                              f"date first (lsl sweep --config {source.path} --rerun-stale)")
+        if not teacher.done:
+            raise ConfigError(f"sweep {sweep.name}: the teacher of {run.name} is run {teacher.directory.name} of "
+                              f"sweep {source.name}, which has not finished: run it first "
+                              f"(lsl sweep --config {source.path})")
+
+
 def _list_runs(sweep: Sweep, runs: list[Run], out) -> None:
     """One line per run, each flushed: ``lsl sweep --dry-run | head`` stops the listing at the first line."""
     stale = {id(run) for run in runs if run.stale}  # each `stale` reads the run's records: once per run
-    done = sum(run.done for run in runs if id(run) not in stale)
-    print(f"sweep {sweep.name}: {len(runs)} runs ({done} done"
-          + (f", {len(stale)} stale: --rerun-stale or --accept-stale" if stale else "") + "), "
-          f"{len(runs) // max(len(sweep.stages), 1)} grid points x {len(sweep.stages)} stage(s)", file=out, flush=True)
-    for run in runs:
+    borrowed = [run for run in runs if run.borrowed]
+    own = [run for run in runs if not run.borrowed]
+    done = sum(run.done for run in own if id(run) not in stale)
+    own_stale = sum(id(run) in stale for run in own)
+    lenders = sorted({run.stage.source.name for run in borrowed})
+    print(f"sweep {sweep.name}: {len(own)} runs ({done} done"
+          + (f", {own_stale} stale: --rerun-stale or --accept-stale" if own_stale else "") + "), "
+          f"{len({run.point for run in runs})} grid points x {len(sweep.stages)} stage(s)"
+          + (f"; {len(borrowed)} teacher run(s) of sweep {', '.join(lenders)}, run there" if borrowed else ""),
+          file=out, flush=True)
+    for run in borrowed:
+        state = "stale" if id(run) in stale else "done" if run.done else "todo"
+        print(f"  {state:6s} {run.name}: {run.directory} (sweep {run.stage.source.name})", file=out, flush=True)
+    for run in own:
         state = ("stale" if id(run) in stale else "done" if run.done else "failed" if run.failed
                  else "resume" if run.last_checkpoint.is_file() else "todo")
         after = f"  (after {run.teacher.name})" if run.teacher else ""

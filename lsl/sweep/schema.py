@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lsl.errors import ConfigError
 from lsl.files import read_yaml
 from lsl.sweep.fingerprint import recorded_fingerprint, run_fingerprint
 from lsl.sweep.fit_sections import config_sections
@@ -17,12 +18,17 @@ TEACHER_KEY = "model.init_args.teacher_checkpoint"
 
 @dataclass
 class Stage:
-    """One stage of a sweep: a base config, its own overrides, and the stage whose checkpoint it distils."""
+    """One stage of a sweep: a base config, its own overrides, and the stage whose checkpoint it distils.
+
+    A stage with a ``source`` runs nothing: its runs are those of another sweep (a single-config one, whose base
+    config and overrides it takes), each the run whose fingerprint is the one this grid point gives; that sweep
+    runs them, this one only distils from them."""
 
     name: str
     config: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     teacher: str | None = None
+    source: Sweep | None = None
 
 
 @dataclass
@@ -41,6 +47,11 @@ class Run:
     @property
     def name(self) -> str:
         return self.point if self.stage.name == "" else f"{self.point}/{self.stage.name}"
+
+    @property
+    def borrowed(self) -> bool:
+        """A run of another sweep (see ``Stage.source``): never started, written or cleared by this one."""
+        return self.stage.source is not None
 
     @property
     def last_checkpoint(self) -> Path:
@@ -87,6 +98,8 @@ class Sweep:
         runs = []
         short_names = _short_axis_names(list(self.axes))
         bases = {stage.name: _read_base_config(stage.config) for stage in self.stages}
+        borrowable = {stage.name: {run.fingerprint: run for run in stage.source.runs(logs)}
+                      for stage in self.stages if stage.source is not None}
         for values in itertools.product(*self.axes.values()):
             labels = {key: label for key, (label, _) in zip(self.axes, values)}
             point = "__".join(f"{short_names[key]}={label}" for key, label in labels.items()) or "default"
@@ -101,6 +114,11 @@ class Sweep:
                 # Before the keys the sweep adds, which say only where the run lives (a moved logs folder
                 # keeps its fingerprints).
                 fingerprint = run_fingerprint(bases[stage.name], overrides, teacher.fingerprint if teacher else None)
+                if stage.source is not None:
+                    run = self._borrowed_run(stage, borrowable[stage.name], fingerprint, point, labels, sources)
+                    by_stage[stage.name] = run
+                    runs.append(run)
+                    continue
                 if teacher is not None:
                     overrides[TEACHER_KEY] = str(teacher.last_checkpoint.absolute())
                 overrides["trainer.logger"] = _logger(directory)
@@ -112,6 +130,16 @@ class Sweep:
                 by_stage[stage.name] = run
                 runs.append(run)
         return runs
+
+    def _borrowed_run(self, stage: Stage, borrowable: dict[str, Run], fingerprint: str, point: str,
+                      labels: dict[str, str], sources: dict[str, str]) -> Run:
+        """The run of ``stage.source`` that runs exactly what this grid point asks of ``stage``."""
+        found = borrowable.get(fingerprint)
+        if found is None:
+            raise ConfigError(f"sweep {self.name}: stage {stage.name!r} takes its runs from sweep "
+                              f"{stage.source.name} ({str(stage.source.path)!r}), and none of them runs what grid "
+                              f"point {point} asks: give the stage only grid keys and values that sweep has")
+        return Run(point, labels, stage, found.directory, found.overrides, None, fingerprint, sources)
 
     def _grid_overrides(self, stage: Stage, items) -> dict[str, Any]:
         overrides = {}

@@ -23,12 +23,14 @@ class SlurmOptions:
 
 def write_slurm(sweep: Sweep, runs: list[Run], options: SlurmOptions, folder: Path) -> Path:
     """One array job script per stage (task i = grid point i) and ``submit.sh``, which chains the stages with
-    ``--dependency=aftercorr`` (task i of a student starts when task i of its teacher succeeded)."""
+    ``--dependency=aftercorr`` (task i of a student starts when task i of its teacher succeeded). A stage that
+    takes its runs from another sweep (``Stage.source``) has no script: its runs have finished there."""
     folder.mkdir(parents=True, exist_ok=True)
     for run in runs:
         write_run_files(sweep, run)
+    stages = [stage for stage in sweep.stages if stage.source is None]
     scripts = {}
-    for stage in sweep.stages:
+    for stage in stages:
         stage_runs = [run for run in runs if run.stage is stage]
         script = folder / f"{stage.name or 'runs'}.sbatch"
         script.write_text(_sbatch(sweep, stage, stage_runs, options, folder))
@@ -37,9 +39,11 @@ def write_slurm(sweep: Sweep, runs: list[Run], options: SlurmOptions, folder: Pa
     submit = folder / "submit.sh"
     lines = ["#!/usr/bin/env bash", f"# Submits sweep {sweep.name}: {len(runs)} runs.", "set -euo pipefail",
              f"cd {shlex.quote(str(Path.cwd()))}"]
-    for stage in sweep.stages:
+    for stage in stages:
         variable = _job_variable(stage)
-        dependency = f"--dependency=aftercorr:${{{_job_variable(_stage(sweep, stage.teacher))}}} " if stage.teacher else ""
+        teacher = _stage(sweep, stage.teacher) if stage.teacher else None
+        dependency = (f"--dependency=aftercorr:${{{_job_variable(teacher)}}} "
+                      if teacher is not None and teacher.source is None else "")
         lines.append(f"{variable}=$(sbatch --parsable {dependency}{shlex.quote(str(scripts[stage.name]))})")
         lines.append(f'echo "{stage.name or "runs"}: job ${{{variable}}}"')
     submit.write_text("\n".join(lines) + "\n")

@@ -13,7 +13,7 @@ from lsl.sweep.fit_sections import config_sections
 from lsl.sweep.schema import Stage, Sweep
 
 SWEEP_KEYS = {"name", "config", "overrides", "stages", "grid"}
-STAGE_KEYS = {"config", "overrides", "teacher"}
+STAGE_KEYS = {"config", "overrides", "teacher", "sweep"}
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -31,12 +31,13 @@ def load_sweep(path: str | Path) -> Sweep:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ConfigError(f"sweep name {name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)")
     common = _dotted_mapping(spec.get("overrides") or {}, "overrides")
-    stages = _stages(spec, path.parent, common)
+    stages = _stages(spec, path, common)
     axes = _axes(spec.get("grid"), {stage.name for stage in stages if stage.name})
     return Sweep(name, path, stages, axes)
 
 
-def _stages(spec: dict, folder: Path, common: dict[str, Any]) -> list[Stage]:
+def _stages(spec: dict, path: Path, common: dict[str, Any]) -> list[Stage]:
+    folder = path.parent
     if ("config" in spec) == ("stages" in spec):
         raise ConfigError("a sweep file needs exactly one of 'config' (one base config) or 'stages' "
                           "(a base config per stage)")
@@ -50,11 +51,15 @@ def _stages(spec: dict, folder: Path, common: dict[str, Any]) -> list[Stage]:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or name in config_sections():
             raise ConfigError(f"stage name {name!r} must be a plain word (letters, digits, '_', '-') and not one of "
                               f"the config's sections {sorted(config_sections())}")
-        if not isinstance(stage_spec, dict) or "config" not in stage_spec:
-            raise ConfigError(f"{where} must be a mapping with a 'config' (its base config)")
+        if not isinstance(stage_spec, dict) or ("config" in stage_spec) == ("sweep" in stage_spec):
+            raise ConfigError(f"{where} must be a mapping with a 'config' (its base config) or a 'sweep' (another "
+                              "sweep file, whose finished runs it takes)")
         unknown = set(stage_spec) - STAGE_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(STAGE_KEYS)}")
+        if "sweep" in stage_spec:
+            stages.append(_borrowed_stage(str(name), stage_spec, path))
+            continue
         teacher = stage_spec.get("teacher")
         if teacher is not None and teacher not in [stage.name for stage in stages]:
             raise ConfigError(f"{where}.teacher={teacher!r} is not an earlier stage: list the teacher's stage first")
@@ -62,6 +67,31 @@ def _stages(spec: dict, folder: Path, common: dict[str, Any]) -> list[Stage]:
         overrides.update(_dotted_mapping(stage_spec.get("overrides") or {}, f"{where}.overrides"))
         stages.append(Stage(str(name), _base_config(stage_spec["config"], folder, f"{where}.config"), overrides, teacher))
     return stages
+
+
+def _borrowed_stage(name: str, stage_spec: dict, path: Path) -> Stage:
+    """A stage that takes its runs from another sweep file (see ``Stage.source``): that sweep's base config and
+    overrides, none of this file's."""
+    where = f"stages.{name}"
+    extra = set(stage_spec) - {"sweep"}
+    if extra:
+        raise ConfigError(f"{where}: a stage with 'sweep' takes that sweep's config, overrides and runs as they are; "
+                          f"remove {sorted(extra)}")
+    source_path = (path.parent / str(stage_spec["sweep"])).resolve()
+    if source_path == path.resolve():
+        raise ConfigError(f"{where}.sweep={stage_spec['sweep']!r} is this sweep file: name another sweep")
+    # Read before loading: only a single-config sweep can lend its runs, and loading only such a file cannot
+    # come back here (no cycle of sweep files).
+    lender = read_yaml(source_path, "sweep file") if source_path.is_file() else {}
+    if not (isinstance(lender, dict) and isinstance(lender.get("config", ""), str) and "stages" not in lender):
+        raise ConfigError(f"{where}.sweep={stage_spec['sweep']!r}: only a sweep with one base config ('config', "
+                          "not 'stages') can lend its runs")
+    try:
+        source = load_sweep(source_path)
+    except ConfigError as error:
+        raise ConfigError(f"{where}.sweep={stage_spec['sweep']!r}: {error}") from None
+    [stage] = source.stages
+    return Stage(name, stage.config, dict(stage.overrides), None, source)
 
 
 def _base_config(value: Any, folder: Path, where: str) -> Path:
@@ -130,6 +160,7 @@ def sweep_as_file(sweep: Sweep) -> dict[str, Any]:
     if len(sweep.stages) == 1 and sweep.stages[0].name == "":
         [stage] = sweep.stages
         return {"name": sweep.name, "config": str(stage.config), "overrides": dict(stage.overrides), "grid": grid}
-    stages = {stage.name: {"config": str(stage.config), "overrides": dict(stage.overrides),
-                           **({"teacher": stage.teacher} if stage.teacher else {})} for stage in sweep.stages}
+    stages = {stage.name: {"sweep": str(stage.source.path.absolute())} if stage.source is not None else
+              {"config": str(stage.config), "overrides": dict(stage.overrides),
+               **({"teacher": stage.teacher} if stage.teacher else {})} for stage in sweep.stages}
     return {"name": sweep.name, "stages": stages, "grid": grid}
