@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -431,6 +432,36 @@ def test_each_run_records_the_fingerprint_of_what_it_ran(tmp_path: Path) -> None
     assert [run.fingerprint for run in load_sweep(sweep_file).runs(tmp_path / "elsewhere")] == \
            [run.fingerprint for run in runs]
     assert "4 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
+
+
+def test_a_file_the_overrides_name_counts_by_content_so_a_rewritten_one_makes_its_runs_stale(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
+    """An estimated T written again (``lsl estimate-t`` with another percentile, another checkpoint) after the FC runs
+    that read it finished: those results were made with the old matrix, so the sweep must not count them done."""
+    monkeypatch.chdir(tmp_path)
+    matrix = tmp_path / "T.npy"
+    np.save(matrix, np.full((10, 10), 0.1))
+    sweep_file = write_sweep(tmp_path, f"""
+        name: fc
+        config: {QUICKSTART}
+        overrides: {{trainer.max_epochs: 1}}
+        grid:
+          model.init_args.loss:
+            fc: {{class_path: lsl.losses.ForwardCorrection, init_args: {{path: T.npy}}}}
+            ce: {{class_path: lsl.losses.CrossEntropy}}
+          seed_everything: [0]
+    """)
+    logs = tmp_path / "logs"
+    fake_sweep(sweep_file, logs, tmp_path)
+    assert "2 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
+    np.save(matrix, np.eye(10) * 0.5 + 0.05)
+    out = io.StringIO()
+    assert sweep_command(["--config", str(sweep_file), "--logs", str(logs), "--dry-run"], out) == 0
+    assert "  stale  loss=fc__seed_everything=0" in out.getvalue() and "  done   loss=ce__seed_everything=0" in out.getvalue()
+    with pytest.raises(ConfigError, match="1 run\\(s\\) were made with a different config"):
+        sweep_command(["--config", str(sweep_file), "--logs", str(logs)], io.StringIO())
+    np.save(matrix, np.full((10, 10), 0.1))  # the same bytes again: the same run
+    assert "2 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
 
 
 def test_a_changed_base_config_makes_finished_runs_stale_and_the_sweep_refuses_them(tmp_path: Path, capsys) -> None:

@@ -36,9 +36,9 @@ Each run is ``lsl fit --config BASE --config <run>/overrides.yaml`` in its own d
 ``default_root_dir``. ``sweep_run.json`` there says what the run is; ``sweep_done.json`` marks it finished, so a
 sweep started again skips it, and a run that was interrupted resumes from its ``checkpoints/last.ckpt``.
 
-Both record the run's **fingerprint**: a hash of its base config's content, its overrides and its teacher's
-fingerprint. A run with results (done, failed, or a checkpoint to resume from) whose recorded fingerprint is
-not the current one was made with another config: it is **stale**, and ``lsl sweep`` refuses to start until
+Both record the run's **fingerprint**: a hash of its base config's content, its overrides (with the content
+of each file they name by path) and its teacher's fingerprint. A run with results (done, failed, or a
+checkpoint to resume from) whose recorded fingerprint is not the current one was made with another config: it is **stale**, and ``lsl sweep`` refuses to start until
 ``--rerun-stale`` (run it again from scratch) or ``--accept-stale`` (keep its results). Every run's config is
 parsed by ``lsl fit``'s own parser before anything starts, so a misspelt key stops the sweep at once.
 
