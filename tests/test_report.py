@@ -168,9 +168,28 @@ def test_the_calibration_table_shows_each_temperature_and_the_ece_after_it(tmp_p
     assert all(lines[label] == pytest.approx((0.4, ece)) for label, ece in expected.items())
 
 
+def test_the_denoising_diagnostic_table_gives_the_papers_three_accuracies_and_the_memorised_share(tmp_path: Path) -> None:
+    root = tmp_path / "logs" / "study"
+    for seed, shift in enumerate([0.0, 0.02]):
+        diagnostic = {"train_eval/acc_clean": [(30, 0.80 + shift)], "train_eval/acc_clean_correct": [(30, 0.90 + shift)],
+                      "train_eval/acc_clean_mislabelled": [(30, 0.40 + shift)], "train_eval/memorised": [(30, 0.5)]}
+        fake_run(root, f"loss=ce__seed_everything={seed}", {"model.init_args.loss": "ce", "seed_everything": str(seed)},
+                 config(CE), {**classifier_scalars(0.7, 0.2, 0.8, [0.1, 0.3, 0.9], [0.5, 0.6, 0.6]), **diagnostic})
+    assert run_main(["report", str(root)]) == 0
+    table = (root / "report" / "results.md").read_text()
+    section = table.split("## Denoising diagnostic (last epoch: the training set against its true labels)")[1]
+    assert "| overall | correct | mislabelled | memorised |" in section.splitlines()[2]
+    assert "| CE | 0 | 2 | 81.00 +- 1.41 | 91.00 +- 1.41 | 41.00 +- 1.41 | 50.0 +- 0.0 |" in section
+    assert "accuracy (%) against the true labels overall, on the correctly labelled and on the mislabelled" in table
+    with open(root / "report" / "results.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["train_correct_mean"]) == pytest.approx(0.91)
+
+
 def test_runs_without_temperatures_get_no_calibration_table(sweep_dir: Path) -> None:
     assert run_main(["report", str(sweep_dir)]) == 0
     assert "Calibration after temperature scaling" not in (sweep_dir / "report" / "results.md").read_text()
+    assert "Denoising diagnostic" not in (sweep_dir / "report" / "results.md").read_text()
     assert (sweep_dir / "report" / "ece_vs_alpha.png").is_file()
     assert not (sweep_dir / "report" / "ece_scaled_vs_alpha.png").exists()
 

@@ -40,6 +40,13 @@ CALIBRATION_METRICS = [("ece", "test/ece", 1, 3)] + [
     (f"{column}_{name}", f"test/{tag}_{name}", 1, decimals)
     for name in ("noisy", "noise_aware", "oracle")
     for column, tag, decimals in (("t", "temperature", 2), ("ece", "ece_scaled", 3))]
+# The paper's denoising diagnostic (Lukasik et al., ICML 2020, section 4): the final model over the training set,
+# accuracy against the true labels overall, on the correctly labelled and on the mislabelled samples, and the
+# share of mislabelled samples predicted as their noisy label. Only runs that logged train_eval/* have it.
+DIAGNOSTIC_METRICS = [("train_overall", "train_eval/acc_clean", 100, 2),
+                      ("train_correct", "train_eval/acc_clean_correct", 100, 2),
+                      ("train_mislabelled", "train_eval/acc_clean_mislabelled", 100, 2),
+                      ("train_memorised", "train_eval/memorised", 100, 1)]
 SELECTION_METRIC = "val/acc_noisy"
 METHOD_ORDER = ["CE", "LS", "FC", "BC", "KD"]
 
@@ -108,6 +115,11 @@ class GroupSummary:
         return [statistics.fmean(curve[epoch] for curve in curves) for epoch in range(length)]
 
 
+def has_diagnostic(summaries: list[GroupSummary]) -> bool:
+    """Whether any group's runs logged the end-of-fit denoising diagnostic (``train_eval/*``)."""
+    return any(summary.mean(column) is not None for summary in summaries for column, *_ in DIAGNOSTIC_METRICS)
+
+
 def has_temperatures(summaries: list[GroupSummary]) -> bool:
     """Whether any group's runs logged post-hoc temperatures (runs made before lsl fitted them did not)."""
     return any(summary.mean(column) is not None for summary in summaries for column, *_ in CALIBRATION_METRICS[1:])
@@ -169,7 +181,7 @@ def run_metrics(scalars: Scalars) -> tuple[dict[str, float], list[float]]:
         tag = next((tag for tag in (tags if isinstance(tags, tuple) else (tags,)) if scalars.get(tag)), None)
         if tag is not None:
             metrics[column] = _last(scalars[tag])
-    for column, tag, _, _ in CALIBRATION_METRICS[1:]:
+    for column, tag, _, _ in CALIBRATION_METRICS[1:] + DIAGNOSTIC_METRICS:
         if scalars.get(tag):
             metrics[column] = _last(scalars[tag])
     if scalars.get(TOP_CLASS_SHARE):

@@ -10,9 +10,11 @@ from lsl.diagnostics import COLLAPSE_SHARE
 from lsl.report.runs import (
     BEST_METRICS,
     CALIBRATION_METRICS,
+    DIAGNOSTIC_METRICS,
     LAST_METRICS,
     GroupSummary,
     RunResult,
+    has_diagnostic,
     has_temperatures,
 )
 
@@ -27,6 +29,9 @@ def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[Ru
     tables = [("Last epoch", LAST_METRICS), ("Best noisy-validation epoch", BEST_METRICS)]
     if has_temperatures(summaries):
         tables.append(("Calibration after temperature scaling (last epoch)", CALIBRATION_METRICS))
+    if has_diagnostic(summaries):
+        tables.append(("Denoising diagnostic (last epoch: the training set against its true labels)",
+                       DIAGNOSTIC_METRICS))
     for heading, metrics in tables:
         names = [_heading(column) for column, *_ in metrics]
         lines += [f"## {heading}", "", "| " + " | ".join(columns + ["runs"] + names) + " |",
@@ -78,8 +83,8 @@ def legend(summaries: list[GroupSummary]) -> str:
         how = f"{paper}; at the best epoch, {in_training}"
     return ("acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
             "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
-            f"label, {how}.{TEMPERATURE_LEGEND if has_temperatures(summaries) else ''} Mean +- sample std over "
-            "seeds.")
+            f"label, {how}.{TEMPERATURE_LEGEND if has_temperatures(summaries) else ''}"
+            f"{DIAGNOSTIC_LEGEND if has_diagnostic(summaries) else ''} Mean +- sample std over seeds.")
 
 
 TEMPERATURE_LEGEND = (" t_noisy, t_noise_aware, t_oracle: the temperatures fitted on the validation split to the "
@@ -88,8 +93,14 @@ TEMPERATURE_LEGEND = (" t_noisy, t_noise_aware, t_oracle: the temperatures fitte
                       "temperature.")
 
 
+DIAGNOSTIC_LEGEND = (" Denoising diagnostic (Lukasik et al., section 4): the final model in eval mode over the "
+                     "un-augmented training split, accuracy (%) against the true labels overall, on the correctly "
+                     "labelled and on the mislabelled samples, and the share (%) of mislabelled samples predicted "
+                     "as their noisy label.")
+
+
 def _heading(column: str) -> str:
-    return column.replace("best_", "")
+    return column.replace("best_", "").replace("train_", "")
 
 
 def _shown(value: Any) -> bool:
@@ -112,7 +123,7 @@ def _mean_std(summary: GroupSummary, metric: str, scale: float, decimals: int) -
 
 
 def write_csv(summaries: list[GroupSummary], path: Path) -> None:
-    metrics = [column for column, *_ in LAST_METRICS + BEST_METRICS + CALIBRATION_METRICS[1:]]
+    metrics = [column for column, *_ in LAST_METRICS + BEST_METRICS + CALIBRATION_METRICS[1:] + DIAGNOSTIC_METRICS]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(DESCRIPTION_COLUMNS + ["runs", "failed"]
