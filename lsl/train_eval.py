@@ -68,18 +68,22 @@ class TrainEvalDiagnostics(pl.Callback):
 
     ```yaml
     train_eval:
+      enabled: true
       every_n_epochs: 0
     ```
 
     Args:
+        enabled: Run the diagnostic; false skips it (a pass over every training image, long on a large
+            training set and a CPU) and the run logs no ``train_eval/*``.
         every_n_epochs: Also log at the end of every n-th training epoch (after that epoch's validation);
             0 logs only once, at the end of fit.
     """
 
-    def __init__(self, every_n_epochs: int = 0) -> None:
+    def __init__(self, enabled: bool = True, every_n_epochs: int = 0) -> None:
         if every_n_epochs < 0:
             raise ConfigError(f"every_n_epochs={every_n_epochs} must be 0 (only at the end of fit) or a positive "
                               "number of epochs")
+        self.enabled = enabled
         self.every_n_epochs = every_n_epochs
         self._logged_step: int | None = None
 
@@ -95,7 +99,7 @@ class TrainEvalDiagnostics(pl.Callback):
     def log_diagnostics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
         """Run the pass and log its values once per global step; returns them (None if nothing was run)."""
         datamodule = trainer.datamodule
-        if not isinstance(datamodule, NoisyLabelDataModule) or datamodule.train_set is None:
+        if not self.enabled or not isinstance(datamodule, NoisyLabelDataModule) or datamodule.train_set is None:
             return None
         step = trainer.global_step
         if step == self._logged_step:  # the last every_n_epochs epoch is also the end of fit

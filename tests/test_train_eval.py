@@ -148,6 +148,11 @@ def test_every_n_epochs_logs_at_those_epochs_and_once_at_the_end(tmp_path: Path)
         assert metrics == pytest.approx(HAND, abs=1e-12)
 
 
+def test_enabled_false_logs_nothing_at_any_epoch_or_at_the_end(tmp_path: Path) -> None:
+    logger = fit(tmp_path, TrainEvalDiagnostics(enabled=False, every_n_epochs=1), max_epochs=2)
+    assert logger.train_eval() == []
+
+
 def test_an_empty_subset_gives_nan() -> None:
     labels = torch.tensor([0, 1, 2, 1])
     predictions = torch.tensor([0, 1, 0, 1])
