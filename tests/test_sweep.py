@@ -562,26 +562,15 @@ def test_dry_run_lists_each_run_with_its_state_and_command(tmp_path: Path) -> No
 
 
 def lending_sweeps(tmp_path: Path, student_grid: str = "ce: {class_path: lsl.losses.CrossEntropy}") -> tuple[Path, Path]:
-    """A single-config sweep of teachers (a copy of the quickstart, CE and LS x 2 seeds) and a distillation sweep
+    """The sweep of ``stale_sweep`` (sweep.yaml, named edited) as teachers, and a distillation sweep (students.yaml)
     whose teacher stage takes seed 0's runs of it."""
-    (tmp_path / "base.yaml").write_text(Path(QUICKSTART).read_text())
-    lender = tmp_path / "teachers.yaml"
-    lender.write_text(textwrap.dedent("""
-        name: teachers
-        config: base.yaml
-        overrides: {trainer.max_epochs: 1}
-        grid:
-          model.init_args.loss:
-            ce: {class_path: lsl.losses.CrossEntropy}
-            ls: {class_path: lsl.losses.LabelSmoothing, init_args: {alpha: 0.4}}
-          seed_everything: [0, 1]
-    """))
+    _, lender, _ = stale_sweep(tmp_path)
     borrower = tmp_path / "students.yaml"
     borrower.write_text(textwrap.dedent(f"""
         name: students
         overrides: {{trainer.max_epochs: 1}}
         stages:
-          teacher: {{sweep: teachers.yaml}}
+          teacher: {{sweep: sweep.yaml}}
           student: {{config: {CONFIGS / "quickstart_distill.yaml"}, teacher: teacher}}
         grid:
           teacher.model.init_args.loss:
@@ -610,9 +599,9 @@ def test_a_stage_takes_another_sweeps_finished_runs_as_teachers_and_runs_only_th
     listing = io.StringIO()
     assert sweep_command(["--config", str(borrower), "--logs", str(logs), "--dry-run"], listing) == 0
     assert listing.getvalue().startswith("sweep students: 2 runs (0 done), 2 grid points x 2 stage(s); "
-                                         "2 teacher run(s) of sweep teachers, run there")
+                                         "2 teacher run(s) of sweep edited, run there")
     assert f"  done   teacher.loss=ce__seed_everything=0/teacher: {teachers['loss=ce__seed_everything=0'].directory}" \
-           " (sweep teachers)" in listing.getvalue()
+           " (sweep edited)" in listing.getvalue()
     printed = fake_sweep(borrower, logs, tmp_path)
     assert "2 runs, 0 already done, 2 to run" in printed and printed.count("started") == 2
     assert all((run.directory / DONE_FILE).is_file() for run in students)
@@ -628,7 +617,7 @@ def test_a_student_whose_borrowed_teacher_is_unfinished_or_of_another_config_is_
         with pytest.raises(ConfigError) as error:
             sweep_command(["--config", str(borrower), "--logs", str(logs), *mode], io.StringIO())
         assert str(error.value) == ("sweep students: the teacher of teacher.loss=ce__seed_everything=0/student is run "
-                                    "loss=ce__seed_everything=0 of sweep teachers, which has not finished: run it first "
+                                    "loss=ce__seed_everything=0 of sweep edited, which has not finished: run it first "
                                     f"(lsl sweep --config {lender})")
     assert not logs.exists()
     fake_sweep(lender, logs, tmp_path)
@@ -638,7 +627,7 @@ def test_a_student_whose_borrowed_teacher_is_unfinished_or_of_another_config_is_
     assert run_main(["sweep", "--config", str(borrower), "--logs", str(logs)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lsl: error: sweep students: the teacher of teacher.loss=ce__seed_everything=0/student, ")
-    assert "was made with another config than sweep teachers gives it now" in err and err.count("\n") == 1
+    assert "was made with another config than sweep edited gives it now" in err and err.count("\n") == 1
     assert not (logs / "students").exists()
 
 
@@ -646,22 +635,23 @@ def test_a_borrowed_stage_asks_only_for_runs_the_lending_sweep_has(tmp_path: Pat
     _, borrower = lending_sweeps(tmp_path, "ce: {class_path: lsl.losses.LabelSmoothing, init_args: {alpha: 0.8}}")
     with pytest.raises(ConfigError) as error:
         load_sweep(borrower).runs(tmp_path / "logs")
-    assert "stage 'teacher' takes its runs from sweep teachers" in str(error.value)
+    assert "stage 'teacher' takes its runs from sweep edited" in str(error.value)
     assert "none of them runs what grid point teacher.loss=ce__seed_everything=0 asks" in str(error.value)
 
 
 @pytest.mark.parametrize("stage, fragment", [
-    ("{sweep: teachers.yaml, config: base.yaml}", "must be a mapping with a 'config' (its base config) or a 'sweep'"),
-    ("{sweep: teachers.yaml, overrides: {trainer.max_epochs: 2}}", "remove ['overrides']"),
+    ("{sweep: ../sweep.yaml, config: ../base.yaml}", "must be a mapping with a 'config' (its base config) or a 'sweep'"),
+    ("{sweep: ../sweep.yaml, overrides: {trainer.max_epochs: 2}}", "remove ['overrides']"),
     ("{sweep: sweep.yaml}", "is this sweep file"),
-    ("{sweep: staged.yaml}", "only a sweep with one base config"),
+    ("{sweep: ../staged.yaml}", "only a sweep with one base config"),
     ("{sweep: missing.yaml}", "does not exist"),
 ])
 def test_a_bad_borrowed_stage_is_a_config_error_naming_it(tmp_path: Path, stage: str, fragment: str) -> None:
     lending_sweeps(tmp_path)
-    write_sweep(tmp_path, DISTILL_SWEEP).rename(tmp_path / "staged.yaml")
+    (tmp_path / "staged.yaml").write_text(textwrap.dedent(DISTILL_SWEEP))
+    (tmp_path / "bad").mkdir()
     with pytest.raises(ConfigError) as error:
-        load_sweep(write_sweep(tmp_path, f"stages: {{teacher: {stage}}}"))
+        load_sweep(write_sweep(tmp_path / "bad", f"stages: {{teacher: {stage}}}"))
     assert "stages.teacher" in str(error.value) and fragment in str(error.value)
 
 
@@ -682,7 +672,7 @@ def test_print_config_of_a_borrowing_sweep_loads_back_to_the_same_runs(tmp_path:
     out = io.StringIO()
     assert sweep_command(["--config", str(borrower), "--print_config"], out) == 0
     printed = yaml.safe_load(out.getvalue())["sweep"]
-    assert printed["stages"]["teacher"] == {"sweep": str(tmp_path / "teachers.yaml")}
+    assert printed["stages"]["teacher"] == {"sweep": str(tmp_path / "sweep.yaml")}
     (tmp_path / "elsewhere").mkdir()
     again = write_sweep(tmp_path / "elsewhere", yaml.safe_dump(printed, sort_keys=False))
     assert [(run.name, run.fingerprint, run.directory) for run in load_sweep(again).runs(tmp_path / "logs")] == \
