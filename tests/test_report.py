@@ -178,7 +178,7 @@ def test_the_denoising_diagnostic_table_gives_the_papers_three_accuracies_and_th
     assert run_main(["report", str(root)]) == 0
     table = (root / "report" / "results.md").read_text()
     section = table.split("## Denoising diagnostic (last epoch: the training set against its true labels)")[1]
-    assert "| overall | correct | mislabelled | memorised |" in section.splitlines()[2]
+    assert "| overall | correctly labelled | mislabelled | memorised |" in section.splitlines()[2]
     assert "| CE | 0 | 2 | 81.00 +- 1.41 | 91.00 +- 1.41 | 41.00 +- 1.41 | 50.0 +- 0.0 |" in section
     assert "accuracy (%) against the true labels overall, on the correctly labelled and on the mislabelled" in table
     with open(root / "report" / "results.csv") as handle:

@@ -99,8 +99,12 @@ DIAGNOSTIC_LEGEND = (" Denoising diagnostic (Lukasik et al., section 4): the fin
                      "as their noisy label.")
 
 
+DIAGNOSTIC_HEADINGS = {"train_overall": "overall", "train_correct": "correctly labelled",
+                       "train_mislabelled": "mislabelled", "train_memorised": "memorised"}
+
+
 def _heading(column: str) -> str:
-    return column.replace("best_", "").replace("train_", "")
+    return DIAGNOSTIC_HEADINGS.get(column, column.replace("best_", ""))
 
 
 def _shown(value: Any) -> bool:
