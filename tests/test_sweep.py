@@ -477,7 +477,8 @@ def test_a_changed_base_config_makes_finished_runs_stale_and_the_sweep_refuses_t
         with pytest.raises(ConfigError) as error:
             sweep_command(["--config", str(sweep_file), "--logs", str(logs), *mode], io.StringIO())
         assert str(error.value) == (
-            "sweep edited: 4 run(s) were made with a different config (the sweep file or a base config changed): "
+            "sweep edited: 4 run(s) were made with a different config (the sweep file, a base config or a file it names "
+            "changed): "
             "e.g. loss=ce__seed_everything=0; pass --rerun-stale to run them again from scratch, or --accept-stale "
             "to keep their results")
     assert not (logs / "edited" / "slurm").exists()

@@ -42,7 +42,7 @@ def parser() -> ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     parser.add_argument("--rerun-stale", action="store_true",
-                        help="runs made with a different config (the sweep file or a base config changed since): "
+                        help="runs made with a different config (the sweep file, a base config or a file it names changed since): "
                              "delete their results and run them again from scratch")
     parser.add_argument("--accept-stale", action="store_true",
                         help="runs made with a different config: keep their results as this sweep's")
@@ -82,9 +82,9 @@ def sweep_command(argv: list[str], out=None) -> int:
     _check_borrowed_teachers(sweep, runs)
     stale = [run for run in own if run.stale]
     if stale and not (options.rerun_stale or options.accept_stale):
-        raise ConfigError(f"sweep {sweep.name}: {len(stale)} run(s) were made with a different config (the sweep file "
-                          f"or a base config changed): e.g. {stale[0].name}; pass --rerun-stale to run them again "
-                          "from scratch, or --accept-stale to keep their results")
+        raise ConfigError(f"sweep {sweep.name}: {len(stale)} run(s) were made with a different config (the sweep file, "
+                          f"a base config or a file it names changed): e.g. {stale[0].name}; pass --rerun-stale to run "
+                          "them again from scratch, or --accept-stale to keep their results")
     for run in stale:
         if options.rerun_stale:
             clear_results(run)
