@@ -262,6 +262,29 @@ def test_a_student_group_names_its_teacher(tmp_path: Path) -> None:
     assert "| teacher | FashionMNIST | SymmetricNoise | 0.4 |  | LS | 0.4 | 1 | 60.00 |" in table
 
 
+def test_a_students_teacher_is_found_from_its_checkpoint_when_the_recorded_run_folder_is_not_there(
+        tmp_path: Path, monkeypatch) -> None:
+    """A sweep run with the default ``--logs logs`` recorded ``teacher_run`` relative to where it ran: a report made
+    from another folder named every such student's teacher CE (the description of an empty config)."""
+    root = tmp_path / "kd"
+    labels = {"teacher.model.init_args.loss": "ls0.4", "seed_everything": "0"}
+    teacher = fake_run(tmp_path / "teachers", "loss=ls0.4", labels, config(LS),
+                       classifier_scalars(0.6, 0.1, 0.6, [0.5], [0.5]))
+    student_config = config(CE, model="lsl.TeacherStudentModule")
+    student_config["model"]["init_args"]["teacher_checkpoint"] = str(teacher / "checkpoints" / "last.ckpt")
+    student = fake_run(root, "teacher.loss=ls0.4", labels, student_config,
+                       classifier_scalars(0.65, 0.1, 0.6, [0.4], [0.5]), stage="student",
+                       teacher_run=Path("logs/teachers/loss=ls0.4"))
+    monkeypatch.chdir(tmp_path)
+    [result], _ = load_runs(root)
+    assert result.description["teacher"] == "LS 0.4"
+    # Neither the recorded folder nor the checkpoint's: the teacher is unknown, not cross-entropy.
+    student_config["model"]["init_args"]["teacher_checkpoint"] = str(tmp_path / "gone" / "checkpoints" / "last.ckpt")
+    (student / "config.yaml").write_text(yaml.safe_dump(student_config))
+    [result], _ = load_runs(root)
+    assert result.description["teacher"] == "unknown"
+
+
 def test_out_puts_the_report_elsewhere_and_a_config_file_may_give_the_options(sweep_dir: Path, tmp_path: Path,
                                                                             capsys) -> None:
     assert run_main(["report", str(sweep_dir), "--out", str(tmp_path / "elsewhere")]) == 0

@@ -27,7 +27,9 @@ def describe(config: dict[str, Any], teacher_config: dict[str, Any] | None = Non
         "alpha": None if model_name == "TeacherStudentModule" else _alpha(loss),
         "teacher": None,
     }
-    if teacher_config is not None:
+    if teacher_config == {}:  # a student whose teacher run cannot be read: never guess its method
+        description["teacher"] = "unknown"
+    elif teacher_config is not None:
         teacher = describe(teacher_config)
         description["teacher"] = teacher["method"] + (f" {teacher['alpha']:g}" if teacher["alpha"] else "")
     return description

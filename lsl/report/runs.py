@@ -249,7 +249,8 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
             unfinished.append(directory)
             continue
         info = json.loads(run_file.read_text())
-        description = describe(_read_config(directory), _teacher_config(info))
+        config = _read_config(directory)
+        description = describe(config, _teacher_config(info, config))
         description["stage"] = info.get("stage", "")
         group = (info.get("stage", ""),) + tuple(
             (key, label) for key, label in info.get("labels", {}).items() if "seed" not in key.rsplit(".", 1)[-1])
@@ -303,9 +304,19 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return {}
 
 
-def _teacher_config(info: dict[str, Any]) -> dict[str, Any] | None:
-    teacher = info.get("teacher_run")
-    return _read_config(Path(teacher)) if teacher else None
+def _teacher_config(info: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved config of a student's teacher run: where ``sweep_run.json`` says (runs made before lsl recorded
+    it as an absolute path hold it relative to the folder the sweep ran in), else the run folder of the checkpoint
+    the student's config names. None for a run that is no student; ``{}`` when neither can be read."""
+    checkpoint = ((config.get("model") or {}).get("init_args") or {}).get("teacher_checkpoint")
+    places = [Path(info["teacher_run"])] if info.get("teacher_run") else []
+    places += [Path(checkpoint).parent.parent] if checkpoint else []  # <run>/checkpoints/last.ckpt
+    if not places:
+        return None
+    for place in places:
+        if (place / "config.yaml").is_file():
+            return _read_config(place)
+    return {}
 
 
 def summarise(results: list[RunResult]) -> list[GroupSummary]:

@@ -48,7 +48,7 @@ def write_run_files(sweep: Sweep, run: Run) -> None:
         + yaml.safe_dump(nested(run.overrides), sort_keys=False))
     description = {"sweep": sweep.name, "sweep_file": str(sweep.path.absolute()), "point": run.point,
                    "stage": run.stage.name, "labels": run.labels, "config": str(run.stage.config),
-                   "teacher_run": str(run.teacher.directory) if run.teacher else None,
+                   "teacher_run": str(run.teacher.directory.absolute()) if run.teacher else None,
                    "fingerprint": run.fingerprint}
     (run.directory / RUN_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
