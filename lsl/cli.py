@@ -20,15 +20,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lsl.allocator import tune_host_allocator  # noqa: F401 - lsl.cli.tune_host_allocator, as the README names it
 from lsl.checkpoint_check import SPECIAL_PATHS, check_checkpoint_matches, hpc_checkpoint, read_checkpoint
 from lsl.commands import DESCRIPTION, main, parser_error_line  # noqa: F401 - lsl.cli.main: the entry point before lsl.commands
+from lsl.cpu_features import cpu_has_bf16
 from lsl.data import NoisyLabelDataModule
 from lsl.divergence import DivergenceGuard
-from lsl.errors import ConfigError
+from lsl.errors import ConfigError, warn
 from lsl.files import read_yaml
 from lsl.module import Classifier
 from lsl.resume import (
@@ -145,6 +147,8 @@ class LSLCLI(LightningCLI):
                 self._checkpoint = (str(path), read_checkpoint(path))
 
     def after_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and bf16_emulated(self.trainer.precision, self.trainer.accelerator):
+            warn(bf16_emulated_message(self.trainer.precision))
         for callback in self.trainer.callbacks:
             if isinstance(callback, TemperatureScaling):
                 callback.check_data(self.datamodule)
@@ -203,6 +207,26 @@ def check_fit_limits(trainer: Any) -> None:
         value = trainer.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"trainer.{name}={value} must be positive")
+
+
+def bf16_emulated(precision: Any, accelerator: Any) -> bool:
+    """Whether ``precision`` asks for bf16 autocast on a CPU that has no bf16 instructions (per
+    :func:`lsl.cpu_features.cpu_has_bf16`), where it trains slower than float32 instead of faster.
+    ``accelerator`` is the Trainer's (an instance) or the config's value (``"cpu"``, ``"auto"``, ...)."""
+    if not str(precision).startswith("bf16"):
+        return False
+    if isinstance(accelerator, str):
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                          and not torch.backends.mps.is_available())
+    else:
+        on_cpu = isinstance(accelerator, CPUAccelerator)
+    return on_cpu and cpu_has_bf16() is False
+
+
+def bf16_emulated_message(precision: Any, fix: str = "pass --trainer.precision=32-true") -> str:
+    return (f"trainer.precision={precision} on a CPU without bf16 instructions (no avx512_bf16 / amx_bf16 flag): "
+            f"autocast emulates bf16 here and trains several times slower than float32 (docs/speed.md); {fix}, "
+            "or run on a CPU or GPU with bf16")
 
 
 def check_seed(seed: Any) -> None:
@@ -295,13 +319,14 @@ class _ParseOnlyCLI(LSLCLI):
 
 def fit_config_checker():
     """A function ``check(config_files)`` that parses ``lsl fit --config F1 --config F2 ...`` exactly as the
-    ``lsl`` command does, instantiating nothing, and raises ConfigError (one line) for a key or value
-    ``lsl fit`` rejects. The parser is built on the first call and reused: building it is the costly part."""
+    ``lsl`` command does, instantiating nothing, and returns the parsed ``fit`` config or raises ConfigError (one
+    line) for a key or value ``lsl fit`` rejects. The parser is built on the first call and reused: building it
+    is the costly part."""
     import warnings
 
     cli: LSLCLI | None = None
 
-    def check(config_files: list[str]) -> None:
+    def check(config_files: list[str]) -> Any:
         nonlocal cli
         args = ["fit"] + [part for path in config_files for part in ("--config", str(path))]
         try:
@@ -316,5 +341,6 @@ def fit_config_checker():
             cli = parsed.cli
         except (argparse.ArgumentError, SystemExit) as error:
             raise ConfigError(parser_error_line(str(error))) from None
+        return cli.config["fit"]
 
     return check

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import ArgumentParser
 
-from lsl.errors import ConfigError
+from lsl.errors import ConfigError, warn
 from lsl.sweep.config_check import check_configs
 from lsl.sweep.local import LocalRunner
 from lsl.sweep.run_state import accept_stale, clear_results
@@ -75,7 +75,9 @@ def sweep_command(argv: list[str], out=None) -> int:
     logs = Path(options.logs)
     runs = sweep.runs(logs)
     own = [run for run in runs if not run.borrowed]
-    check_configs(sweep, own)
+    parsed = check_configs(sweep, own)
+    if not options.slurm:
+        _warn_emulated_bf16(sweep, parsed)
     if options.dry_run:
         _list_runs(sweep, runs, out)
         return 0
@@ -105,6 +107,18 @@ def sweep_command(argv: list[str], out=None) -> int:
     except KeyboardInterrupt:
         return 130
     return 1 if failed else 0
+
+
+def _warn_emulated_bf16(sweep: Sweep, configs: list) -> None:
+    """The runs about to start here ask for bf16 autocast on a CPU without bf16 instructions: said once, in the
+    sweep's own output, as each run's warning goes only to its log."""
+    from lsl.cli import bf16_emulated, bf16_emulated_message  # imports Lightning: not needed by `lsl sweep --help`
+
+    for config in configs:
+        if bf16_emulated(config.trainer.precision, config.trainer.accelerator):
+            fix = "set trainer.precision: 32-true in the sweep's overrides (runs made with bf16 then count as stale)"
+            warn(f"sweep {sweep.name}: {bf16_emulated_message(config.trainer.precision, fix)}")
+            return
 
 
 def _check_borrowed_teachers(sweep: Sweep, runs: list[Run]) -> None:

@@ -14,27 +14,29 @@ from lsl.sweep.run_state import nested
 from lsl.sweep.schema import Run, Sweep
 
 
-def check_configs(sweep: Sweep, runs: list[Run]) -> None:
+def check_configs(sweep: Sweep, runs: list[Run]) -> list[Any]:
     """Parse the runs' ``lsl fit --config BASE --config overrides.yaml`` with ``lsl fit``'s own parser (nothing is
     instantiated, nothing written beside a temporary folder): a misspelt key or a bad value is a ConfigError
     naming the key in the sweep file, before any run starts. Every combination of the non-seed grid values is
     parsed, and every seed value that is not an integer (each parse costs real time; runs that differ
-    only in an integer seed parse alike)."""
+    only in an integer seed parse alike). Returns the parsed ``fit`` configs of the runs it parsed."""
     # Imports Lightning: here, once the options are parsed, not at module level (`lsl sweep --help` needs none).
     from lsl.cli import fit_config_checker
 
     check = fit_config_checker()
     with tempfile.TemporaryDirectory(prefix="lsl-sweep-check-") as folder:
-        def parse(run: Run, overrides: dict[str, Any], name: str) -> None:
+        def parse(run: Run, overrides: dict[str, Any], name: str) -> Any:
             path = Path(folder) / name
             path.write_text(yaml.safe_dump(nested(overrides), sort_keys=False))
-            check([str(run.stage.config), str(path)])
+            return check([str(run.stage.config), str(path)])
 
+        parsed = []
         for index, run in enumerate(_covering_runs(runs)):
             try:
-                parse(run, run.overrides, f"{index}.yaml")
+                parsed.append(parse(run, run.overrides, f"{index}.yaml"))
             except ConfigError as error:
                 raise ConfigError(_blame(sweep, run, error, parse)) from None
+    return parsed
 
 
 def _covering_runs(runs: list[Run]) -> list[Run]:
