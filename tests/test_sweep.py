@@ -464,6 +464,35 @@ def test_a_file_the_overrides_name_counts_by_content_so_a_rewritten_one_makes_it
     assert "2 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
 
 
+@pytest.mark.parametrize("mode", [[], ["--slurm"]], ids=["run", "slurm"])
+def test_a_run_naming_a_missing_file_is_refused_before_any_run_starts(tmp_path: Path, monkeypatch, mode) -> None:
+    """Forward correction with an `lsl estimate-t` matrix not made yet: started, the run would fail at once and be
+    recorded as failed, which the next sweep would not retry."""
+    monkeypatch.chdir(tmp_path)
+    sweep_file = write_sweep(tmp_path, f"""
+        name: fc
+        config: {QUICKSTART}
+        overrides: {{trainer.max_epochs: 1}}
+        grid:
+          model.init_args.loss:
+            ce: {{class_path: lsl.losses.CrossEntropy}}
+            fc: {{class_path: lsl.losses.ForwardCorrection, init_args: {{path: estimated/T.npy}}}}
+          seed_everything: [0]
+    """)
+    logs = tmp_path / "logs"
+    out = io.StringIO()
+    assert sweep_command(["--config", str(sweep_file), "--logs", str(logs), "--dry-run"], out) == 0  # a plan only
+    with pytest.raises(ConfigError) as error:
+        sweep_command(["--config", str(sweep_file), "--logs", str(logs), *mode], io.StringIO())
+    message = str(error.value)
+    assert message.startswith("sweep fc: model.init_args.loss.init_args.path='estimated/T.npy' (from grid key "
+                              "'model.init_args.loss', run loss=fc__seed_everything=0) is not a file here"), message
+    assert not logs.exists()
+    (tmp_path / "estimated").mkdir()
+    np.save(tmp_path / "estimated" / "T.npy", np.full((10, 10), 0.1))
+    assert "2 to run" in fake_sweep(sweep_file, logs, tmp_path)
+
+
 def test_a_changed_base_config_makes_finished_runs_stale_and_the_sweep_refuses_them(tmp_path: Path, capsys) -> None:
     base, sweep_file, logs = stale_sweep(tmp_path)
     fake_sweep(sweep_file, logs, tmp_path)

@@ -14,7 +14,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from lsl.errors import ConfigError, warn
-from lsl.sweep.config_check import check_configs
+from lsl.sweep.config_check import check_configs, check_named_files
 from lsl.sweep.local import LocalRunner
 from lsl.sweep.run_state import accept_stale, clear_results
 from lsl.sweep.schema import Run, Sweep
@@ -82,6 +82,7 @@ def sweep_command(argv: list[str], out=None) -> int:
         _list_runs(sweep, runs, out)
         return 0
     _check_borrowed_teachers(sweep, runs)
+    check_named_files(sweep, own)
     stale = [run for run in own if run.stale]
     if stale and not (options.rerun_stale or options.accept_stale):
         raise ConfigError(f"sweep {sweep.name}: {len(stale)} run(s) were made with a different config (the sweep file, "

@@ -11,7 +11,11 @@ import yaml
 
 from lsl.errors import ConfigError
 from lsl.sweep.run_state import nested
-from lsl.sweep.schema import Run, Sweep
+from lsl.sweep.schema import TEACHER_KEY, Run, Sweep
+
+# The arguments of lsl's classes that name a file the run reads at start (a transition matrix, CIFAR-N labels, a
+# teacher checkpoint): a grid point naming a missing one would fail as soon as it starts.
+FILE_ARGUMENTS = frozenset({"path", "transition", "teacher_checkpoint"})
 
 
 def check_configs(sweep: Sweep, runs: list[Run]) -> list[Any]:
@@ -37,6 +41,33 @@ def check_configs(sweep: Sweep, runs: list[Run]) -> list[Any]:
             except ConfigError as error:
                 raise ConfigError(_blame(sweep, run, error, parse)) from None
     return parsed
+
+
+def check_named_files(sweep: Sweep, runs: list[Run]) -> None:
+    """Refuse, before any run starts, a run still to do whose overrides name a file that is not there (relative
+    paths from the working directory, as its ``lsl fit`` reads them): it would fail at start and be recorded as
+    failed, which the next ``lsl sweep`` does not retry. A student's teacher checkpoint, which the sweep fills in
+    and its teacher writes, is not checked here."""
+    for run in runs:
+        if run.done and not run.stale:
+            continue
+        for key, value in run.overrides.items():
+            for name, path in _named_paths(key, value):
+                if name == TEACHER_KEY and run.teacher is not None:
+                    continue
+                if not Path(path).is_file():
+                    source = run.sources.get(key, f"override {key!r}")
+                    raise ConfigError(f"sweep {sweep.name}: {name}={path!r} (from {source}, run {run.name}) is not a "
+                                      f"file here: make it first (the sweep file's comments may say how) or fix the path")
+
+
+def _named_paths(key: str, value: Any):
+    """(dotted key, path) for each string of ``value`` at an argument in FILE_ARGUMENTS, nested dicts included."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _named_paths(f"{key}.{name}", item)
+    elif isinstance(value, str) and value and key.rsplit(".", 1)[-1] in FILE_ARGUMENTS:
+        yield key, value
 
 
 def _covering_runs(runs: list[Run]) -> list[Run]:
