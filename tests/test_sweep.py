@@ -419,6 +419,42 @@ def fake_sweep(sweep_file: Path, logs: Path, tmp_path: Path, *extra: str) -> str
     return out.getvalue()
 
 
+def test_a_resumed_run_s_wall_time_counts_its_earlier_attempts_up_to_their_last_checkpoint(tmp_path: Path) -> None:
+    """A study's cost is read from sweep_done.json: a run interrupted (even killed without a word) and resumed
+    must not report only its last attempt."""
+    from lsl.sweep import mark_done
+
+    _, sweep_file, logs = stale_sweep(tmp_path)
+    sweep = load_sweep(sweep_file)
+    run, fresh = sweep.runs(logs)[:2]
+
+    def attempt(trained_s: float) -> None:
+        """An attempt that started, wrote its last checkpoint trained_s later, and was killed."""
+        write_run_files(sweep, run)
+        record = json.loads((run.directory / RUN_FILE).read_text())
+        started = record["started_at"] - 1000.0
+        (run.directory / RUN_FILE).write_text(json.dumps({**record, "started_at": started}))
+        run.last_checkpoint.parent.mkdir(exist_ok=True)
+        run.last_checkpoint.write_bytes(b"weights")
+        os.utime(run.last_checkpoint, (started + trained_s, started + trained_s))
+
+    attempt(60.0)
+    attempt(30.0)
+    write_run_files(sweep, run)  # the attempt that finishes
+    assert json.loads((run.directory / RUN_FILE).read_text())["earlier_attempts_s"] == pytest.approx(90.0)
+    mark_done(run, 10.0)
+    done = json.loads((run.directory / DONE_FILE).read_text())
+    assert done["wall_s"] == pytest.approx(100.0) and done["attempt_s"] == pytest.approx(10.0)
+
+    # A run that starts from scratch carries nothing, whatever an old record says.
+    write_run_files(sweep, fresh)
+    record = json.loads((fresh.directory / RUN_FILE).read_text())
+    (fresh.directory / RUN_FILE).write_text(json.dumps({**record, "earlier_attempts_s": 500.0}))
+    write_run_files(sweep, fresh)
+    mark_done(fresh, 10.0)
+    assert json.loads((fresh.directory / DONE_FILE).read_text())["wall_s"] == pytest.approx(10.0)
+
+
 def test_each_run_records_the_fingerprint_of_what_it_ran(tmp_path: Path) -> None:
     base, sweep_file, logs = stale_sweep(tmp_path)
     fake_sweep(sweep_file, logs, tmp_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -40,7 +42,9 @@ def nested(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_run_files(sweep: Sweep, run: Run) -> None:
-    """The run's overrides file and its description; an earlier attempt's checkpoints and logs stay."""
+    """The run's overrides file and its description; an earlier attempt's checkpoints and logs stay. The
+    description carries the time of the earlier attempts this one resumes (see :func:`_earlier_attempts_s`)."""
+    earlier = _earlier_attempts_s(run)
     run.directory.mkdir(parents=True, exist_ok=True)
     (run.directory / OVERRIDES_FILE).write_text(
         f"# Written by `lsl sweep --config {sweep.path}`: grid point {run.point}"
@@ -49,14 +53,41 @@ def write_run_files(sweep: Sweep, run: Run) -> None:
     description = {"sweep": sweep.name, "sweep_file": str(sweep.path.absolute()), "point": run.point,
                    "stage": run.stage.name, "labels": run.labels, "config": str(run.stage.config),
                    "teacher_run": str(run.teacher.directory.absolute()) if run.teacher else None,
-                   "fingerprint": run.fingerprint}
+                   "fingerprint": run.fingerprint, "started_at": round(time.time(), 1),
+                   "earlier_attempts_s": earlier}
     (run.directory / RUN_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
 
+def _earlier_attempts_s(run: Run) -> float:
+    """Seconds the attempts before this one spent on the work it resumes: the last attempt's, from its start to
+    its last checkpoint (the work after that is lost and done again), plus what that attempt had carried. An
+    attempt can be killed without a word (a reboot, SIGKILL), so this is read from the files it left. 0 for a
+    run that starts from scratch."""
+    record = _read_record(run.directory / RUN_FILE)
+    if record.get("fingerprint") != run.fingerprint or not run.last_checkpoint.is_file():
+        return 0.0
+    earlier = float(record.get("earlier_attempts_s", 0.0))
+    started = record.get("started_at")
+    if isinstance(started, (int, float)):
+        earlier += max(0.0, run.last_checkpoint.stat().st_mtime - started)
+    return round(earlier, 1)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def mark_done(run: Run, seconds: float) -> None:
+    """``wall_s``: the run's time over all its attempts (``attempt_s``: the last one's)."""
+    earlier = float(_read_record(run.directory / RUN_FILE).get("earlier_attempts_s", 0.0))
     (run.directory / FAILED_FILE).unlink(missing_ok=True)
-    (run.directory / DONE_FILE).write_text(json.dumps({"wall_s": round(seconds, 1), "fingerprint": run.fingerprint})
-                                           + "\n")
+    (run.directory / DONE_FILE).write_text(json.dumps({"wall_s": round(seconds + earlier, 1),
+                                                       "attempt_s": round(seconds, 1),
+                                                       "fingerprint": run.fingerprint}) + "\n")
 
 
 def mark_failed(run: Run, exit_code: int, seconds: float) -> None:
@@ -73,11 +104,7 @@ def accept_stale(run: Run) -> None:
     for name in (DONE_FILE, FAILED_FILE, RUN_FILE):
         path = run.directory / name
         if path.is_file():
-            try:
-                record = json.loads(path.read_text())
-            except ValueError:
-                record = None
-            record = record if isinstance(record, dict) else {}
+            record = _read_record(path)
             record["fingerprint"] = run.fingerprint
             path.write_text(json.dumps(record, indent=2) + "\n")
 
