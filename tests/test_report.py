@@ -40,7 +40,8 @@ def write_events(directory: Path, scalars: dict[str, list[tuple[int, float]]]) -
 
 
 def fake_run(sweep_dir: Path, point: str, labels: dict, run_config: dict, scalars: dict | None = None,
-             stage: str = "", error: str | None = None, teacher_run: Path | None = None) -> Path:
+             stage: str = "", error: str | None = None, teacher_run: Path | None = None,
+             wall_s: float = 1.0) -> Path:
     directory = sweep_dir / point / stage if stage else sweep_dir / point
     directory.mkdir(parents=True)
     (directory / "config.yaml").write_text(yaml.safe_dump(run_config))
@@ -49,7 +50,7 @@ def fake_run(sweep_dir: Path, point: str, labels: dict, run_config: dict, scalar
     if scalars is not None:
         write_events(directory, scalars)
     if error is None:
-        (directory / DONE_FILE).write_text('{"wall_s": 1.0}')
+        (directory / DONE_FILE).write_text(json.dumps({"wall_s": wall_s}))
     else:
         (directory / FAILED_FILE).write_text(json.dumps({"exit_code": 2, "error": error}))
     return directory
@@ -184,6 +185,24 @@ def test_the_denoising_diagnostic_table_gives_the_papers_three_accuracies_and_th
     with open(root / "report" / "results.csv") as handle:
         row = next(csv.DictReader(handle))
     assert float(row["train_correct_mean"]) == pytest.approx(0.91)
+
+
+def test_the_cost_table_gives_each_method_s_wall_time_per_run_from_its_done_record(tmp_path: Path) -> None:
+    root = tmp_path / "logs" / "study"
+    for seed, wall_s in enumerate([600.0, 1200.0]):
+        fake_run(root, f"loss=ce__seed_everything={seed}", {"model.init_args.loss": "ce", "seed_everything": str(seed)},
+                 config(CE), classifier_scalars(0.7, 0.2, 0.8, [0.1, 0.3, 0.9], [0.5, 0.6, 0.6]), wall_s=wall_s)
+    old = fake_run(root, "loss=ls0.4__seed_everything=0", {"model.init_args.loss": "ls0.4", "seed_everything": "0"},
+                   config(LS), classifier_scalars(0.8, 0.2, 0.8, [0.1, 0.3, 0.9], [0.5, 0.6, 0.6]))
+    (old / DONE_FILE).write_text("{}")  # no wall time recorded
+    assert run_main(["report", str(root)]) == 0
+    section = (root / "report" / "results.md").read_text().split("## Cost (wall time per run in minutes, over all its "
+                                                                 "attempts)")[1]
+    assert "| runs | minutes |" in section.splitlines()[2]
+    assert "| CE | 0 | 2 | 15.0 +- 7.1 |" in section and "| LS | 0.4 | 1 | n/a |" in section
+    with open(root / "report" / "results.csv") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert float(rows["CE"]["wall_min_mean"]) == pytest.approx(15.0) and rows["LS"]["wall_min_mean"] == ""
 
 
 def test_runs_without_temperatures_get_no_calibration_table(sweep_dir: Path) -> None:
@@ -331,7 +350,7 @@ def test_finished_runs_whose_events_are_deleted_truncated_or_lack_test_acc_are_l
     assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 1 | 70.00 |" in table  # seed 0 alone
     assert "| FashionMNIST | SymmetricNoise | 0.4 | LS | 0.4 | 1 | 80.00 |" in table
     assert "| LS | 0.8 |" not in table
-    assert table.count("n/a") == 5 + 6  # only the failed FC's row, in each table: no numbers, and it says why
+    assert table.count("n/a") == 5 + 6 + 1  # only the failed FC's row, in each table (cost too): no numbers
     unreadable = table.split("## Unreadable runs")[1]
     assert f"- `{deleted}`: no TensorBoard event files" in unreadable
     assert f"- `{truncated.parent}`: {truncated.name} is truncated" in unreadable

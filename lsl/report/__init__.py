@@ -30,6 +30,7 @@ from lsl.report.plots import plot_against_alpha, plot_memorisation
 from lsl.report.runs import (
     BEST_METRICS,
     CALIBRATION_METRICS,
+    COST_METRICS,
     DIAGNOSTIC_METRICS,
     LAST_METRICS,
     METHOD_ORDER,
@@ -45,7 +46,7 @@ from lsl.report.runs import (
 )
 from lsl.report.tables import DESCRIPTION_COLUMNS, markdown_tables, write_csv
 
-__all__ = ["BEST_METRICS", "CALIBRATION_METRICS", "DESCRIPTION_COLUMNS", "DIAGNOSTIC_METRICS", "GroupSummary", "LAST_METRICS",
+__all__ = ["BEST_METRICS", "CALIBRATION_METRICS", "COST_METRICS", "DESCRIPTION_COLUMNS", "DIAGNOSTIC_METRICS", "GroupSummary", "LAST_METRICS",
            "METHOD_NAMES", "METHOD_ORDER", "RunResult", "SELECTION_METRIC", "Scalars", "describe", "load_runs",
            "markdown_tables", "plot_against_alpha", "plot_memorisation", "read_scalars", "report_command",
            "run_metrics", "summarise", "truncated_events", "write_csv", "write_report"]

@@ -20,7 +20,7 @@ import yaml
 from lsl.diagnostics import TOP_CLASS_SHARE, collapsed
 from lsl.errors import ConfigError
 from lsl.report.describe import describe
-from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, recorded_fingerprint
+from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, read_record, recorded_fingerprint
 
 # Where the last-epoch memorised and corrected columns come from: the paper's diagnostic (the final model in eval
 # mode over the un-augmented training split, lsl.train_eval) when a run logged it, else the in-training counts
@@ -47,6 +47,8 @@ DIAGNOSTIC_METRICS = [("train_overall", "train_eval/acc_clean", 100, 2),
                       ("train_correct", "train_eval/acc_clean_correct", 100, 2),
                       ("train_mislabelled", "train_eval/acc_clean_mislabelled", 100, 2),
                       ("train_memorised", "train_eval/memorised", 100, 1)]
+# What a run cost: its wall time over all its attempts (sweep_done.json's wall_s), in minutes.
+COST_METRICS = [("wall_min", None, 1, 1)]
 SELECTION_METRIC = "val/acc_noisy"
 METHOD_ORDER = ["CE", "LS", "FC", "BC", "KD"]
 
@@ -261,8 +263,11 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
             result.metrics, result.memorisation = run_metrics(scalars)
             result.denoising_source = denoising_source(scalars)
             result.in_training = in_training_denoising(scalars)
+            wall_s = read_record(directory / DONE_FILE).get("wall_s")
+            if isinstance(wall_s, (int, float)) and not isinstance(wall_s, bool):
+                result.metrics["wall_min"] = wall_s / 60
         else:
-            result.error = json.loads((directory / FAILED_FILE).read_text()).get("error") or "failed"
+            result.error = read_record(directory / FAILED_FILE).get("error") or "failed"
         results.append(result)
     one_denoising_source(results)
     return results, unfinished

@@ -10,6 +10,7 @@ from lsl.diagnostics import COLLAPSE_SHARE
 from lsl.report.runs import (
     BEST_METRICS,
     CALIBRATION_METRICS,
+    COST_METRICS,
     DIAGNOSTIC_METRICS,
     LAST_METRICS,
     GroupSummary,
@@ -32,6 +33,8 @@ def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[Ru
     if has_diagnostic(summaries):
         tables.append(("Denoising diagnostic (last epoch: the training set against its true labels)",
                        DIAGNOSTIC_METRICS))
+    if any(summary.mean("wall_min") is not None for summary in summaries):
+        tables.append(("Cost (wall time per run in minutes, over all its attempts)", COST_METRICS))
     for heading, metrics in tables:
         names = [_heading(column) for column, *_ in metrics]
         lines += [f"## {heading}", "", "| " + " | ".join(columns + ["runs"] + names) + " |",
@@ -100,7 +103,7 @@ DIAGNOSTIC_LEGEND = (" Denoising diagnostic (Lukasik et al., section 4): the fin
 
 
 DIAGNOSTIC_HEADINGS = {"train_overall": "overall", "train_correct": "correctly labelled",
-                       "train_mislabelled": "mislabelled", "train_memorised": "memorised"}
+                       "train_mislabelled": "mislabelled", "train_memorised": "memorised", "wall_min": "minutes"}
 
 
 def _heading(column: str) -> str:
@@ -127,7 +130,8 @@ def _mean_std(summary: GroupSummary, metric: str, scale: float, decimals: int) -
 
 
 def write_csv(summaries: list[GroupSummary], path: Path) -> None:
-    metrics = [column for column, *_ in LAST_METRICS + BEST_METRICS + CALIBRATION_METRICS[1:] + DIAGNOSTIC_METRICS]
+    metrics = [column for column, *_ in
+               LAST_METRICS + BEST_METRICS + CALIBRATION_METRICS[1:] + DIAGNOSTIC_METRICS + COST_METRICS]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(DESCRIPTION_COLUMNS + ["runs", "failed"]

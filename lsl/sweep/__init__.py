@@ -51,7 +51,7 @@ module level.
 """
 
 from lsl.sweep.command import parser, sweep_command
-from lsl.sweep.config_check import check_configs
+from lsl.sweep.config_check import check_configs, check_named_files
 from lsl.sweep.fingerprint import recorded_fingerprint, run_fingerprint
 from lsl.sweep.fit_sections import config_sections
 from lsl.sweep.local import LocalRunner
@@ -66,6 +66,7 @@ from lsl.sweep.run_state import (
     mark_done,
     mark_failed,
     nested,
+    read_record,
     write_run_files,
 )
 from lsl.sweep.schema import TEACHER_KEY, Run, Stage, Sweep
@@ -88,6 +89,7 @@ __all__ = [
     "Sweep",
     "accept_stale",
     "check_configs",
+    "check_named_files",
     "clear_results",
     "config_sections",
     "load_sweep",
@@ -95,6 +97,7 @@ __all__ = [
     "mark_failed",
     "nested",
     "parser",
+    "read_record",
     "recorded_fingerprint",
     "run_fingerprint",
     "sweep_as_file",

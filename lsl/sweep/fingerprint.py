@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from lsl.files import file_sha256, json_sha256
-from lsl.sweep.run_state import DONE_FILE, FAILED_FILE, RUN_FILE
+from lsl.sweep.run_state import DONE_FILE, FAILED_FILE, RUN_FILE, read_record
 
 
 def run_fingerprint(base_config: Any, overrides: dict[str, Any], teacher: str | None = None) -> str:
@@ -47,9 +46,5 @@ def recorded_fingerprint(directory: Path) -> str | None:
     for name in (DONE_FILE, FAILED_FILE, RUN_FILE):
         path = directory / name
         if path.is_file():
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                return None
-            return record.get("fingerprint") if isinstance(record, dict) else None
+            return read_record(path).get("fingerprint")
     return None

@@ -63,7 +63,7 @@ def _earlier_attempts_s(run: Run) -> float:
     its last checkpoint (the work after that is lost and done again), plus what that attempt had carried. An
     attempt can be killed without a word (a reboot, SIGKILL), so this is read from the files it left. 0 for a
     run that starts from scratch."""
-    record = _read_record(run.directory / RUN_FILE)
+    record = read_record(run.directory / RUN_FILE)
     if record.get("fingerprint") != run.fingerprint or not run.last_checkpoint.is_file():
         return 0.0
     earlier = float(record.get("earlier_attempts_s", 0.0))
@@ -73,7 +73,9 @@ def _earlier_attempts_s(run: Run) -> float:
     return round(earlier, 1)
 
 
-def _read_record(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> dict[str, Any]:
+    """A run's JSON record (``sweep_run.json``, ``sweep_done.json``, ...) as a dict; {} when it is missing,
+    damaged or not a mapping."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -83,7 +85,7 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 def mark_done(run: Run, seconds: float) -> None:
     """``wall_s``: the run's time over all its attempts (``attempt_s``: the last one's)."""
-    earlier = float(_read_record(run.directory / RUN_FILE).get("earlier_attempts_s", 0.0))
+    earlier = float(read_record(run.directory / RUN_FILE).get("earlier_attempts_s", 0.0))
     (run.directory / FAILED_FILE).unlink(missing_ok=True)
     (run.directory / DONE_FILE).write_text(json.dumps({"wall_s": round(seconds + earlier, 1),
                                                        "attempt_s": round(seconds, 1),
@@ -104,7 +106,7 @@ def accept_stale(run: Run) -> None:
     for name in (DONE_FILE, FAILED_FILE, RUN_FILE):
         path = run.directory / name
         if path.is_file():
-            record = _read_record(path)
+            record = read_record(path)
             record["fingerprint"] = run.fingerprint
             path.write_text(json.dumps(record, indent=2) + "\n")
 
