@@ -470,6 +470,20 @@ def test_each_run_records_the_fingerprint_of_what_it_ran(tmp_path: Path) -> None
     assert "4 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
 
 
+def fc_and_ce_sweep(tmp_path: Path, matrix: str) -> Path:
+    """A one-epoch sweep of forward correction with the transition matrix file ``matrix``, and cross-entropy."""
+    return write_sweep(tmp_path, f"""
+        name: fc
+        config: {QUICKSTART}
+        overrides: {{trainer.max_epochs: 1}}
+        grid:
+          model.init_args.loss:
+            fc: {{class_path: lsl.losses.ForwardCorrection, init_args: {{path: {matrix}}}}}
+            ce: {{class_path: lsl.losses.CrossEntropy}}
+          seed_everything: [0]
+    """)
+
+
 def test_a_file_the_overrides_name_counts_by_content_so_a_rewritten_one_makes_its_runs_stale(tmp_path: Path,
                                                                                             monkeypatch) -> None:
     """An estimated T written again (``lsl estimate-t`` with another percentile, another checkpoint) after the FC runs
@@ -477,16 +491,7 @@ def test_a_file_the_overrides_name_counts_by_content_so_a_rewritten_one_makes_it
     monkeypatch.chdir(tmp_path)
     matrix = tmp_path / "T.npy"
     np.save(matrix, np.full((10, 10), 0.1))
-    sweep_file = write_sweep(tmp_path, f"""
-        name: fc
-        config: {QUICKSTART}
-        overrides: {{trainer.max_epochs: 1}}
-        grid:
-          model.init_args.loss:
-            fc: {{class_path: lsl.losses.ForwardCorrection, init_args: {{path: T.npy}}}}
-            ce: {{class_path: lsl.losses.CrossEntropy}}
-          seed_everything: [0]
-    """)
+    sweep_file = fc_and_ce_sweep(tmp_path, "T.npy")
     logs = tmp_path / "logs"
     fake_sweep(sweep_file, logs, tmp_path)
     assert "2 already done, 0 to run" in fake_sweep(sweep_file, logs, tmp_path)
@@ -505,16 +510,7 @@ def test_a_run_naming_a_missing_file_is_refused_before_any_run_starts(tmp_path: 
     """Forward correction with an `lsl estimate-t` matrix not made yet: started, the run would fail at once and be
     recorded as failed, which the next sweep would not retry."""
     monkeypatch.chdir(tmp_path)
-    sweep_file = write_sweep(tmp_path, f"""
-        name: fc
-        config: {QUICKSTART}
-        overrides: {{trainer.max_epochs: 1}}
-        grid:
-          model.init_args.loss:
-            ce: {{class_path: lsl.losses.CrossEntropy}}
-            fc: {{class_path: lsl.losses.ForwardCorrection, init_args: {{path: estimated/T.npy}}}}
-          seed_everything: [0]
-    """)
+    sweep_file = fc_and_ce_sweep(tmp_path, "estimated/T.npy")
     logs = tmp_path / "logs"
     out = io.StringIO()
     assert sweep_command(["--config", str(sweep_file), "--logs", str(logs), "--dry-run"], out) == 0  # a plan only
