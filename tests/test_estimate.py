@@ -14,7 +14,9 @@ from conftest import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
 
 from lsl import Classifier, ConfigError, CrossEntropy, ForwardCorrection
 from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error
-from lsl.estimate.command import write_estimate
+from lsl.estimate.command import load_data_module, load_model, write_estimate
+from lsl.inference import predict_logits
+from lsl.temperature import fit_temperature_noisy, scaled_probabilities
 from lsl.files import file_sha256
 from lsl.noise import PairFlipNoise, SymmetricNoise, validate_transition_matrix
 
@@ -172,6 +174,23 @@ def test_estimate_t_from_a_cross_entropy_run_then_forward_correction_with_it(tmp
     assert len(anchors) == 10 and all(0 <= index < 1437 for index in anchors)
     np.testing.assert_allclose(ForwardCorrection(path="estimates/T.npy").transition_matrix.double().numpy(),
                                estimate, atol=1e-7)
+    assert sidecar["temperature"] == {"fit": "none", "value": 1.0}
+
+    # --temperature val: the logits divided by the temperature fitted to the val split's noisy labels first.
+    assert run_main(["estimate-t", "--ckpt", str(checkpoint), "--config", str(run / "config.yaml"),
+                     "--out", "estimates/T_val.npy", "--temperature", "val"]) == 0
+    assert "fitted to the val split's noisy labels" in capsys.readouterr().out
+    scaled = json.loads((tmp_path / "estimates" / "T_val.json").read_text())
+    datamodule, config = load_data_module(run / "config.yaml")
+    datamodule.augment = False
+    datamodule.setup("fit")
+    model = load_model(checkpoint, config, torch.device("cpu"))
+    temperature = fit_temperature_noisy(predict_logits(model, datamodule, datamodule.val_set), datamodule.val_set.noisy)
+    assert scaled["temperature"] == {"fit": "val", "value": pytest.approx(temperature)} and temperature != 1.0
+    probabilities = scaled_probabilities(predict_logits(model, datamodule, datamodule.train_set), temperature)
+    expected, _ = estimate_transition_matrix(probabilities)
+    np.testing.assert_allclose(np.load(tmp_path / "estimates" / "T_val.npy"), expected, atol=1e-6)
+    assert not np.allclose(expected, estimate, atol=1e-3)
 
     # The checkpoint records its noisy labels: a config with other labels (another noise seed) is refused.
     other = yaml.safe_load((run / "config.yaml").read_text())
@@ -198,6 +217,7 @@ BAD_ARGUMENTS = {
     "no checkpoint": (["--ckpt", "missing.ckpt"], "missing.ckpt"),
     "no config": (["--config", "missing.yaml"], "missing.yaml"),
     "percentile 0": (["--percentile", "0"], "percentile"),
+    "temperature of another kind": (["--temperature", "test"], "temperature: Expected"),
 }
 
 

@@ -57,6 +57,12 @@ def parser() -> jsonargparse.ArgumentParser:
     parser.add_argument("--split", type=Literal["train", "val"], default="train",
                         help="train: the samples the model was trained on (Patrini et al.); val: the held-out "
                              "noisy validation split, which a model that memorised its training labels has not seen")
+    parser.add_argument("--temperature", type=Literal["none", "val"], default="none",
+                        help="none: the model's softmax as it is (Patrini et al.); val: first divide the logits by "
+                             "the temperature fitted to the noisy labels of the held-out validation split "
+                             "(lsl.temperature.fit_temperature_noisy). The anchors' rows are read as the noisy "
+                             "posterior, and a network trained with cross-entropy is over-confident there, which "
+                             "pulls the estimate towards I (docs/estimate-t.md)")
     parser.add_argument("--device", type=Optional[str], default=None,
                         help="torch device to run the model on (default: cuda where there is one, else cpu)")
     return parser
@@ -76,11 +82,12 @@ def estimate_t_command(argv: list[str]) -> None:
     _warn_if_not_cross_entropy(model)
     dataset = _split(datamodule, options.split)
     _check_same_labels(model, datamodule, options.ckpt, options.config)
-    probabilities, indices = predict_probabilities(model, datamodule, dataset, device)
+    temperature = fit_noisy_temperature(model, datamodule, device) if options.temperature == "val" else 1.0
+    probabilities, indices = predict_probabilities(model, datamodule, dataset, device, temperature)
     anchors, fallback = find_anchors(probabilities, options.percentile)
     matrix = validate_transition_matrix(rows_at(probabilities, anchors), datamodule.num_classes,
                                         source="the estimated transition matrix")
-    sidecar = _sidecar(options, config, datamodule, model, matrix, indices[anchors], len(indices))
+    sidecar = _sidecar(options, config, datamodule, model, matrix, indices[anchors], len(indices), temperature)
     if fallback:
         sidecar["anchor_fallback_classes"] = fallback
         sidecar["warnings"] = [_fallback_warning(fallback)]
@@ -93,12 +100,31 @@ def estimate_t_command(argv: list[str]) -> None:
 
 
 def predict_probabilities(model: torch.nn.Module, datamodule: NoisyLabelDataModule, dataset: NoisyDataset,
-                          device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """The model's softmax outputs on ``dataset`` without augmentation, and the samples' indices, in order."""
+                          device: torch.device, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The model's softmax outputs on ``dataset`` without augmentation (of the logits divided by
+    ``temperature``), and the samples' indices, in order."""
     from lsl.inference import predict_logits
+    from lsl.temperature import scaled_probabilities
 
     logits = predict_logits(model.to(device), datamodule, dataset, device=device)
-    return logits.softmax(dim=1).cpu().numpy(), dataset.indices.cpu().numpy()
+    indices = dataset.indices.cpu().numpy()
+    if temperature == 1.0:
+        return logits.softmax(dim=1).cpu().numpy(), indices
+    return scaled_probabilities(logits.cpu(), temperature), indices
+
+
+def fit_noisy_temperature(model: torch.nn.Module, datamodule: NoisyLabelDataModule, device: torch.device) -> float:
+    """The temperature that makes the model's softmax the best fit (NLL) to the noisy labels of the held-out
+    validation split: calibrated to the noisy posterior the anchors read, on samples it was not trained on."""
+    from lsl.inference import predict_logits
+    from lsl.temperature import fit_temperature_noisy
+
+    dataset = datamodule.val_set
+    if dataset is None:
+        raise ConfigError("--temperature val: the run has no validation split (val_fraction is 0) to fit it on; "
+                          "use --temperature none")
+    logits = predict_logits(model.to(device), datamodule, dataset, device=device)
+    return fit_temperature_noisy(logits.cpu(), dataset.noisy.cpu())
 
 
 def load_data_module(config_path: Path) -> tuple[NoisyLabelDataModule, dict[str, Any]]:
@@ -259,12 +285,13 @@ def write_estimate(out: Path, matrix: np.ndarray, sidecar: dict[str, Any]) -> Pa
 
 
 def _sidecar(options: Any, config: dict[str, Any], datamodule: NoisyLabelDataModule, model: pl.LightningModule,
-             matrix: np.ndarray, anchors: np.ndarray, num_samples: int) -> dict[str, Any]:
+             matrix: np.ndarray, anchors: np.ndarray, num_samples: int, temperature: float) -> dict[str, Any]:
     sidecar = {
         "format": SIDECAR_FORMAT,
         "transition_convention": TRANSITION_CONVENTION,
         "method": "anchor points (Patrini et al., CVPR 2017)",
         "percentile": options.percentile,
+        "temperature": {"fit": options.temperature, "value": temperature},
         "checkpoint": {"path": str(options.ckpt.resolve()), "sha256": file_sha256(options.ckpt)},
         "config": {"path": str(options.config.resolve()), "sha256": file_sha256(options.config)},
         "model_loss": type(getattr(model, "loss", None)).__name__,
@@ -293,7 +320,9 @@ def _report(out: Path, sidecar_path: Path, sidecar: dict[str, Any]) -> None:
     size = len(sidecar["transition_matrix"])
     data = sidecar["data"]
     print(f"wrote {out} ({size}x{size}, anchors at the {sidecar['percentile']:g}th percentile of "
-          f"{data['num_samples']} {data['split']} samples) and {sidecar_path}")
+          f"{data['num_samples']} {data['split']} samples"
+          + (f", logits divided by t = {sidecar['temperature']['value']:.3f} fitted to the val split's noisy labels"
+             if sidecar["temperature"]["fit"] == "val" else "") + f") and {sidecar_path}")
     if "error" in sidecar:
         error = sidecar["error"]
         print(f"error against the true T: mean |T_est - T| = {error['mean_abs_error']:.4f}, "
