@@ -15,10 +15,10 @@ from conftest import QUICKSTART, QUIET, assert_clean_failure, run_main, scalars
 from lsl import Classifier, ConfigError, CrossEntropy, ForwardCorrection
 from lsl.estimate import anchor_points, estimate_transition_matrix, estimation_error
 from lsl.estimate.command import load_data_module, load_model, write_estimate
-from lsl.inference import predict_logits
-from lsl.temperature import fit_temperature_noisy, scaled_probabilities
 from lsl.files import file_sha256
+from lsl.inference import predict_logits
 from lsl.noise import PairFlipNoise, SymmetricNoise, validate_transition_matrix
+from lsl.temperature import fit_temperature_noisy, scaled_probabilities
 
 NUM_CLASSES = 6
 # Tolerance of the 97th-percentile estimate below: its anchors are near-anchors, whose clean posterior
