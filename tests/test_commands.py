@@ -164,7 +164,7 @@ def test_estimate_t_reads_its_options_from_an_options_file_and_prints_them(tmp_p
     assert run_main(["estimate-t", "--options", "options.yaml", "--percentile", "99", "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == {"ckpt": "a.ckpt", "config": "run.yaml", "out": "T.npy", "percentile": 99.0, "split": "val",
-                       "device": None}
+                       "temperature": "none", "device": None}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["options.yaml"]
 
     assert run_main(["estimate-t", "--options", "options.yaml"]) == 2  # the options are used: run.yaml is read
