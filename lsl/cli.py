@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -317,11 +318,12 @@ class _ParseOnlyCLI(LSLCLI):
         raise _Parsed(self)
 
 
+@functools.cache
 def fit_config_checker():
     """A function ``check(config_files)`` that parses ``lsl fit --config F1 --config F2 ...`` exactly as the
     ``lsl`` command does, instantiating nothing, and returns the parsed ``fit`` config or raises ConfigError (one
-    line) for a key or value ``lsl fit`` rejects. The parser is built on the first call and reused: building it
-    is the costly part."""
+    line) for a key or value ``lsl fit`` rejects. One per process: its parser is built on the first call and
+    reused by every later one (each sweep command's check, each test), since building it is the costly part."""
     import warnings
 
     cli: LSLCLI | None = None

@@ -37,7 +37,7 @@ CLASSIFIER_METRICS = {
 # ------------------------------------------------------------------------------------- the console script
 
 
-def test_quickstart_trains_logs_every_metric_and_tests_from_its_checkpoint(tmp_path: Path) -> None:
+def test_quickstart_trains_logs_every_metric_and_tests_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
     fit = lsl("fit", "--config", QUICKSTART, *QUIET, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
 
@@ -50,9 +50,10 @@ def test_quickstart_trains_logs_every_metric_and_tests_from_its_checkpoint(tmp_p
     assert logged["test/acc"][-1] > 0.5  # it learnt: chance is 0.1, and 40% of the training labels are wrong
     assert len(list((tmp_path / "data" / "noisy_labels").glob("*.npy"))) == 1
 
-    test = lsl("test", "--config", QUICKSTART, *QUIET, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-               cwd=tmp_path)
-    assert test.returncode == 0, test.stderr[-3000:]
+    # The fit above went through the console script; testing its checkpoint in process saves a start-up.
+    monkeypatch.chdir(tmp_path)
+    last = str(run / "checkpoints" / "last.ckpt")
+    assert run_main(["test", "--config", QUICKSTART, *QUIET, "--ckpt_path", last]) == 0
     retested = scalars(tmp_path / "logs" / "quickstart" / "version_1")
     assert retested["test/acc"][-1] == pytest.approx(logged["test/acc"][-1], abs=1e-6)
 
@@ -67,20 +68,21 @@ def test_python_dash_m_lsl_is_the_same_command(tmp_path: Path) -> None:
     ("ls_cifar100.yaml", write_cifar100, "cifar-100-python"),
     ("cifar10/bc.yaml", write_cifar10, "cifar-10-batches-py"),
 ])
-def test_paper_config_trains_on_a_cifar_folder(tmp_path: Path, config: str, writer, folder: str) -> None:
+def test_paper_config_trains_on_a_cifar_folder(tmp_path: Path, monkeypatch, config: str, writer, folder: str) -> None:
     writer(tmp_path / "data")
-    result = lsl("fit", "--config", str(CONFIGS / config), "--trainer.max_steps=4", *QUIET,
-                 "--trainer.log_every_n_steps=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["fit", "--config", str(CONFIGS / config), "--trainer.max_steps=4", *QUIET,
+                     "--trainer.log_every_n_steps=2"]) == 0
     run = next((tmp_path / "logs").glob("*/version_0"))
     assert {"train/loss", "test/acc", "test/ece"} <= set(scalars(run))
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_missing_data_fails_with_where_it_looked_and_writes_nothing(tmp_path: Path) -> None:
-    result = lsl("fit", "--config", str(CONFIGS / "ls_cifar100.yaml"), "--trainer.max_steps=20",
-                 "--data.init_args.dataset.init_args.download=false", cwd=tmp_path)
-    assert_clean_failure(result.returncode, result.stderr, str(Path("data") / "cifar-100-python"), "download: true")
+def test_missing_data_fails_with_where_it_looked_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = run_main(["fit", "--config", str(CONFIGS / "ls_cifar100.yaml"), "--trainer.max_steps=20",
+                     "--data.init_args.dataset.init_args.download=false"])
+    assert_clean_failure(code, capsys.readouterr().err, str(Path("data") / "cifar-100-python"), "download: true")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -264,6 +266,7 @@ def test_a_loss_matrix_of_the_wrong_size_fails_before_anything_is_written(tmp_pa
     assert sorted(path.name for path in tmp_path.iterdir()) == ["T.npy"]
 
 
+@pytest.mark.slow  # a DDP process group in a subprocess; the gather is tested fast in test_temperature_scaling.py
 def test_ddp_with_one_process_logs_the_test_views(tmp_path: Path) -> None:
     # DDP's all_gather stacks a leading rank dimension even for one process (configs/hardware/ddp.yaml on a
     # one-GPU machine); the test views once read that block as if it were the gathered outputs.

@@ -316,6 +316,7 @@ def test_student_round_trips_through_load_from_checkpoint_and_names_its_teacher(
 # --------------------------------------------------------------------------------------- through lsl
 
 
+@pytest.mark.slow  # two trainings through the console script; the in-process tests above cover each stage
 def test_two_stage_pipeline_through_the_console_script(tmp_path):
 
     teacher = lsl("fit", "--config", QUICKSTART, "--trainer.max_epochs=2", *QUIET, cwd=tmp_path)

@@ -30,6 +30,7 @@ def cifar10_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # two epochs on 3,000 real images
 def test_fashion_mnist_config_trains_on_the_real_data(tmp_path: Path) -> None:
     if not FASHION_MNIST_DEBIAN.is_dir():
         pytest.skip(f"{FASHION_MNIST_DEBIAN} absent: apt-get install dataset-fashion-mnist")
@@ -40,6 +41,7 @@ def test_fashion_mnist_config_trains_on_the_real_data(tmp_path: Path) -> None:
     assert logged["test/acc"][-1] > 0.3  # 10 classes, 2 short epochs, 40% of the 2,700 training labels wrong
 
 
+@pytest.mark.slow  # rebuilds CIFAR-10's 60,000 images from JPEG first
 def test_cifar10n_human_labels_line_up_with_the_rebuilt_cifar10(cifar10_root: Path, tmp_path: Path) -> None:
     module = NoisyLabelDataModule(CIFAR10(root=str(cifar10_root)), HumanNoise(str(CIFAR10_N), key="worse_label"),
                                   artifact_dir=str(tmp_path))

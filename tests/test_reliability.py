@@ -240,6 +240,7 @@ def assert_trained_on(records: list[dict], labels: np.ndarray, sidecar: dict) ->
         np.testing.assert_array_equal(labels[index], target)  # every batch carried the artifact's labels
 
 
+@pytest.mark.slow  # two spawned processes, each importing Lightning and training
 def test_both_ddp_ranks_train_on_the_same_noisy_labels(tmp_path) -> None:
     # ddp_spawn pickles the trainer and the modules: also a regression test for anything unpicklable in them.
     result = lsl("fit", "--config", QUICKSTART, *QUIET, "--trainer.max_epochs=1", "--trainer.strategy=ddp_spawn",
@@ -577,6 +578,7 @@ def test_malformed_config_exits_2_naming_the_problem_and_writes_nothing(case, tm
     assert snapshot(tmp_path) == before  # no logs/, no noise artifact, nothing half-written
 
 
+@pytest.mark.slow  # a process each; test_bad_input.py's fast cases go through the console script too
 @pytest.mark.parametrize("arguments, named", [
     (["--data.init_args.batch_size=abc"], "batch_size"),
     (["--model=lsl.TeacherStudentModule", "--model.init_args.teacher_checkpoint=teacher.ckpt"], "teacher.ckpt"),

@@ -21,6 +21,7 @@ import yaml
 from conftest import CONFIGS, QUICKSTART, QUIET, run_main, scalars
 
 import lsl.sweep.command
+from lsl.cli import fit_config_checker
 from lsl.errors import ConfigError
 from lsl.sweep import (
     DONE_FILE,
@@ -171,15 +172,33 @@ def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path
     for run in runs:
         for key, label in run.labels.items():
             chosen.setdefault((run.stage.name, key, label), run)
+    # Parsed by `lsl fit`'s own parser, built once per process (a full `lsl fit --print_config` per value costs
+    # seconds each; test_print_config_of_a_run_is_what_the_checker_parses checks the two agree).
+    check = fit_config_checker()
     for run in {id(run): run for run in chosen.values()}.values():
         write_run_files(sweep, run)
-        assert run_main(["fit", "--config", str(run.stage.config), "--config",
-                         str(run.directory / "overrides.yaml"), "--print_config"]) == 0, run.name
-        printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["trainer"]["logger"]["init_args"]["save_dir"] == str(run.directory.parent)
-        assert printed["trainer"]["default_root_dir"] == str(run.directory)
+        parsed = check([str(run.stage.config), str(run.directory / "overrides.yaml")])
+        assert parsed.trainer.logger.init_args.save_dir == str(run.directory.parent), run.name
+        assert parsed.trainer.default_root_dir == str(run.directory)
         if run.teacher is not None:
-            assert printed["model"]["init_args"]["teacher_checkpoint"] == str(run.teacher.last_checkpoint.absolute())
+            assert parsed.model.init_args.teacher_checkpoint == str(run.teacher.last_checkpoint.absolute())
+
+
+def test_print_config_of_a_run_is_what_the_checker_parses(tmp_path: Path, capsys) -> None:
+    sweep = load_sweep(CONFIGS / "sweeps" / "cifar10_regime_distill.yaml")
+    student = next(run for run in sweep.runs(tmp_path / "logs") if run.teacher is not None)
+    write_run_files(sweep, student)
+    files = [str(student.stage.config), str(student.directory / "overrides.yaml")]
+    assert run_main(["fit", *[part for path in files for part in ("--config", path)], "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    parsed = fit_config_checker()(files).as_dict()
+    for section in ("trainer", "data", "seed_everything"):
+        assert printed[section] == parsed[section], section
+    # The model's arguments linked from the data module (noise, num_classes) are not printed; the rest agree.
+    assert printed["model"]["class_path"] == parsed["model"]["class_path"]
+    model = parsed["model"]["init_args"]
+    assert printed["model"]["init_args"] == {key: model[key] for key in printed["model"]["init_args"]}
+    assert model["teacher_checkpoint"] == str(student.teacher.last_checkpoint.absolute())
 
 
 @pytest.mark.parametrize("grid, overrides, named", [

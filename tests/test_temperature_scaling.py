@@ -13,7 +13,7 @@ from conftest import QUICKSTART, QUIET, run_main, scalars
 from lsl.calibration import expected_calibration_error
 from lsl.data import Digits, NoisyLabelDataModule
 from lsl.errors import ConfigError
-from lsl.inference import predict_logits
+from lsl.inference import CollectedPredictions, predict_logits
 from lsl.module import Classifier
 from lsl.noise import SymmetricNoise
 from lsl.temperature import fit_temperature_noise_aware, fit_temperature_noisy, fit_temperature_oracle
@@ -167,3 +167,29 @@ def test_scaled_metrics_at_t_1_are_the_raw_ece_and_nll() -> None:
     assert raw["nll"] == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), targets).item())
     # A temperature changes the calibration, never the predictions.
     assert scaled_metrics(logits, targets, 3.0, bins=15)["ece"] != pytest.approx(raw["ece"])
+
+
+class _Gathering:
+    """Stands in for a LightningModule's ``all_gather`` over ``ranks`` processes holding the same batch: DDP
+    stacks one block per rank (``ranks=1``: DDP with one process, configs/hardware/ddp.yaml on a one-GPU
+    machine); ``ranks=0`` is a strategy without a process group, which returns the tensor as it is."""
+
+    def __init__(self, ranks: int) -> None:
+        self.ranks = ranks
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tensor] * self.ranks) if self.ranks else tensor
+
+
+@pytest.mark.parametrize("ranks", [0, 1, 2], ids=["no process group", "DDP, one process", "DDP, two processes"])
+def test_collected_predictions_are_one_row_per_image_and_rank_whatever_the_strategy(ranks: int) -> None:
+    logits, targets = torch.randn(7, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    collected = CollectedPredictions()
+    collected.add(logits[:4].half(), targets[:4])
+    collected.add(logits[4:].half(), targets[4:])
+    gathered_logits, gathered_targets = collected.gather(_Gathering(ranks))
+    copies = max(ranks, 1)
+    assert gathered_logits.dtype == torch.float32 and gathered_logits.shape == (7 * copies, 3)
+    torch.testing.assert_close(gathered_logits, logits.half().float().repeat(copies, 1))
+    assert gathered_targets.tolist() == targets.tolist() * copies
+    assert not collected  # a collective step drops what it kept
