@@ -59,9 +59,13 @@ def test_quickstart_trains_logs_every_metric_and_tests_from_its_checkpoint(tmp_p
 
 
 def test_python_dash_m_lsl_is_the_same_command(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "lsl", "fit", "--help"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0 and "--data.help" in result.stdout
+    # The help of the command and of a subcommand: neither imports Lightning, so the check costs no start-up.
+    for arguments, fragment in ((["--help"], "estimate-t"), (["sweep", "--help"], "--parallel")):
+        module = subprocess.run([sys.executable, "-m", "lsl", *arguments], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)
+        script = lsl(*arguments, cwd=tmp_path)
+        assert module.returncode == script.returncode == 0, module.stderr[-3000:]
+        assert module.stdout == script.stdout and fragment in module.stdout
 
 
 @pytest.mark.parametrize("config, writer, folder", [
