@@ -15,8 +15,9 @@ Every failure message starts with its class, so that a census of the module is a
                ``lsl: error: ...``, the message does not name the offending value, or it suggests
                ``weights_only=False``
 
-Only four representative cases run by default (a damaged checkpoint, a missing run, a bad value, a misspelt
-sweep key: about a minute; test_cli.py refuses the config cases in process); the rest are ``slow``:
+Only two representative cases run by default (a damaged checkpoint and a misspelt sweep key, about half a
+minute: test_cli.py, test_reliability.py and test_checkpoint_check.py refuse the others in process); the rest
+are ``slow``:
 ``pytest tests/test_bad_input.py -m 'slow or not slow'`` runs them all. One tiny checkpoint (2 steps of the
 quick start) is trained once per module and shared by every case that needs one.
 """
@@ -299,7 +300,7 @@ def _edited_sidecar(inputs: Inputs, edit: Callable[[dict], None]) -> list[str]:
 
 RUN_CASES = [
     Case("test-ckpt-last-without-a-run",
-         lambda inputs: ["test", "--config", QUICKSTART, *QUIET, "--ckpt_path=last"], ("last",), fast=True),
+         lambda inputs: ["test", "--config", QUICKSTART, *QUIET, "--ckpt_path=last"], ("last",)),
     Case("test-without-ckpt", lambda inputs: ["test", "--config", QUICKSTART, *QUIET], ("ckpt_path",)),
     Case("fit-ckpt-path-a-folder", lambda inputs: [*FIT, f"--ckpt_path={inputs.folder('checkpoints')}"],
          ("checkpoints",)),
@@ -375,8 +376,7 @@ SWEEP_CASES = [
 ]
 
 OTHER_CASES = [
-    Case("noise-rate-above-1", lambda inputs: [*FIT, "--data.init_args.noise.init_args.rate=1.5"], ("rate", "1.5"),
-         fast=True),
+    Case("noise-rate-above-1", lambda inputs: [*FIT, "--data.init_args.noise.init_args.rate=1.5"], ("rate", "1.5")),
     Case("noise-rate-negative", lambda inputs: [*FIT, "--data.init_args.noise.init_args.rate=-0.1"], ("rate", "-0.1")),
     Case("ls-alpha-1", lambda inputs: [*FIT, "--model.init_args.loss.init_args.alpha=1.0"], ("alpha", "1.0")),
     Case("batch-size-0", lambda inputs: [*FIT, "--data.init_args.batch_size=0"], ("batch_size", "0")),
