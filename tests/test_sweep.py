@@ -834,6 +834,40 @@ def test_the_slurm_task_script_runs_a_task_and_marks_it_done(tmp_path: Path, mon
     assert "finished earlier" in task.stdout
 
 
+def test_a_requeued_slurm_task_counts_the_time_of_its_earlier_attempts(tmp_path: Path, monkeypatch) -> None:
+    """Attempt 1 checkpoints 100 s after it starts and is then requeued (its srun ends non-zero); attempt 2
+    resumes and finishes: wall_s holds both, as the local runner counts them; attempt_s the last one's."""
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(write_sweep(tmp_path, f"config: {QUICKSTART}\ngrid: {{seed_everything: [0]}}"))
+    [run] = sweep.runs(Path("logs"))
+    write_slurm(sweep, [run], SlurmOptions(gpus=1), Path("logs/sweep/slurm"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # The first attempt writes last.ckpt stamped 100 s after its start, then is requeued; later ones finish.
+    (bin_dir / "srun").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "srun $*" >> calls.txt
+        if [ -f requeue_once ]; then
+          rm requeue_once
+          mkdir -p {run.directory}/checkpoints
+          touch -d @$(( $(date +%s) + 100 )) {run.directory}/checkpoints/last.ckpt
+          exit 1
+        fi
+    """))
+    (bin_dir / "srun").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "78"}
+    (tmp_path / "requeue_once").touch()
+    first = subprocess.run(["bash", "logs/sweep/slurm/runs.sbatch"], env=env, capture_output=True, text=True)
+    assert first.returncode != 0 and not (run.directory / DONE_FILE).exists()
+    second = subprocess.run(["bash", "logs/sweep/slurm/runs.sbatch"], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "calls.txt").read_text().splitlines()[1].endswith(
+        f"--ckpt_path {run.directory}/checkpoints/last.ckpt")
+    done = json.loads((run.directory / DONE_FILE).read_text())
+    assert 0 <= done["attempt_s"] <= 5 and 100 <= done["wall_s"] - done["attempt_s"] <= 105, done
+    assert done["slurm_job"] == "78" and done["fingerprint"] == run.fingerprint
+
+
 # What `srun` sets in an array task: enough for Lightning's SLURMEnvironment.detect() (the job is not named
 # bash or interactive, so it is not an interactive allocation).
 SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "tiny", "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4241",

@@ -9,6 +9,9 @@ from pathlib import Path
 from lsl.sweep.run_state import DONE_FILE, OVERRIDES_FILE, write_run_files
 from lsl.sweep.schema import Run, Stage, Sweep
 
+# A SLURM task's own record of its attempts: "<seconds carried from earlier attempts> <this attempt's start>".
+ATTEMPT_FILE = "sweep_slurm_attempt"
+
 
 @dataclass
 class SlurmOptions:
@@ -97,10 +100,20 @@ if [ -f "$run/{DONE_FILE}" ]; then
   exit 0
 fi
 resume=()
+# A requeued task (Lightning requeues before the time limit; a preempted one is requeued too) starts here again.
+# The time of the attempts before it counts as the local runner counts it (run_state._earlier_attempts_s): each
+# from its start to its last checkpoint, plus what that one carried; a task that starts from scratch carries 0.
+earlier=0
 if [ -f "$run/checkpoints/last.ckpt" ]; then
   resume=(--ckpt_path "$run/checkpoints/last.ckpt")
+  if [ -f "$run/{ATTEMPT_FILE}" ]; then
+    read -r carried started < "$run/{ATTEMPT_FILE}"
+    checkpointed=$(stat -c %Y "$run/checkpoints/last.ckpt")
+    earlier=$(( carried + (checkpointed > started ? checkpointed - started : 0) ))
+  fi
 fi
+echo "$earlier $(date +%s)" > "$run/{ATTEMPT_FILE}"
 SECONDS=0
 srun lsl fit --config {shlex.quote(str(stage.config))} --config "$run/{OVERRIDES_FILE}" {' '.join(trainer)} "${{resume[@]}}"
-echo "{{\\"wall_s\\": $SECONDS, \\"slurm_job\\": \\"$SLURM_ARRAY_JOB_ID\\", \\"fingerprint\\": \\"${{fingerprints[$SLURM_ARRAY_TASK_ID]}}\\"}}" > "$run/{DONE_FILE}"
+echo "{{\\"wall_s\\": $((SECONDS + earlier)), \\"attempt_s\\": $SECONDS, \\"slurm_job\\": \\"$SLURM_ARRAY_JOB_ID\\", \\"fingerprint\\": \\"${{fingerprints[$SLURM_ARRAY_TASK_ID]}}\\"}}" > "$run/{DONE_FILE}"
 """
