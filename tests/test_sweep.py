@@ -163,7 +163,7 @@ def test_the_config_sections_a_sweep_knows_are_those_of_lsl_fits_parser(tmp_path
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda path: path.name)
-def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path: Path, tmp_path: Path, capsys) -> None:
+def test_every_sweep_expands_and_each_of_its_values_parses_as_an_lsl_config(path: Path, tmp_path: Path) -> None:
     sweep = load_sweep(path)
     runs = sweep.runs(tmp_path / "logs")
     assert len(runs) == len({run.directory for run in runs}) > 1
