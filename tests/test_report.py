@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def test_runs_are_grouped_over_seeds_with_mean_and_sample_std(sweep_dir: Path) -
     assert list(summaries) == ["CE", "LS", "FC"]  # the paper's order, not the folders' alphabetical one
     ce, ls = summaries["CE"], summaries["LS"]
     assert ce.description == {"dataset": "FashionMNIST", "noise": "SymmetricNoise", "rate": 0.4, "method": "CE",
-                              "alpha": 0.0, "teacher": None, "stage": ""}
+                              "alpha": 0.0, "transition": None, "teacher": None, "stage": ""}
     assert ls.description["alpha"] == 0.4
     assert ce.mean("acc") == pytest.approx(0.72) and ce.std("acc") == pytest.approx(0.0282843, abs=1e-6)
     assert ls.mean("acc") == pytest.approx(0.82)
@@ -228,15 +229,15 @@ def test_the_report_writes_tables_csv_and_plots_also_to_tensorboard(sweep_dir: P
     assert "4 runs in 3 groups (1 failed, 1 unfinished and left out)" in capsys.readouterr().out
     out = sweep_dir / "report"
     table = (out / "results.md").read_text()
-    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 2 | 72.00 +- 2.83 | 0.200 +- 0.000 | 1.000 +- 0.000 | " \
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 |  | 2 | 72.00 +- 2.83 | 0.200 +- 0.000 | 1.000 +- 0.000 | " \
            "90.0 +- 0.0 | 50.0 +- 0.0 |" in table
-    assert "| FashionMNIST | SymmetricNoise | 0.4 | LS | 0.4 | 2 | 82.00 +- 2.83 |" in table
-    assert "| FashionMNIST | SymmetricNoise | 0.4 | FC |  | 0 (1 failed) | n/a |" in table
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | LS | 0.4 |  | 2 | 82.00 +- 2.83 |" in table
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | FC |  | data | 0 (1 failed) | n/a |" in table
     # Best-validation epochs: seed 0 peaks at epoch 2, seed 1 at epoch 2 as well; test_best/acc is 0.8.
-    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 2 | 2.0 +- 0.0 | 80.00 +- 0.00 | 0.100 +- 0.000 |" in table
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 |  | 2 | 2.0 +- 0.0 | 80.00 +- 0.00 | 0.100 +- 0.000 |" in table
     assert "training diverged at step 3" in table and "Best noisy-validation epoch" in table
     # Runs without train_eval/* (made before lsl logged it): memorised and corrected are the in-training counts.
-    assert "as their true label, over the epoch's augmented batches. Mean +- sample std over seeds." in table
+    assert "as their true label, over the epoch's augmented batches. transition: " in table
     with open(out / "results.csv") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert float(rows["CE"]["acc_mean"]) == pytest.approx(0.72) and float(rows["LS"]["best_acc_mean"]) == pytest.approx(0.85)
@@ -262,6 +263,28 @@ def test_human_noise_label_sets_are_told_apart(tmp_path: Path) -> None:
     table = (root / "report" / "results.md").read_text()
     assert "| FashionMNIST | HumanNoise(aggre_label) | CE | 0 | 1 | 80.00 |" in table
     assert "| FashionMNIST | HumanNoise(worse_label) | CE | 0 | 1 | 60.00 |" in table
+
+
+def test_forward_correction_with_an_estimated_t_and_with_the_data_s_t_are_told_apart(tmp_path: Path) -> None:
+    root = tmp_path / "cifar10n_fc"
+    estimated = {**FC, "init_args": {**FC["init_args"], "path": "logs/study/T_estimated.npy"}}
+    written = {**FC, "init_args": {**FC["init_args"], "matrix": [[0.9, 0.1], [0.2, 0.8]]}}
+    symmetric = {**FC, "init_args": {**FC["init_args"], "alpha": 0.4}}
+    for label, loss, acc in (("fc-estimated", estimated, 0.5), ("fc-clean", FC, 0.6), ("fc-written", written, 0.7),
+                             ("fc-symmetric", symmetric, 0.8)):
+        fake_run(root, f"loss={label}", {"model.init_args.loss": label}, config(loss),
+                 classifier_scalars(acc, 0.1, acc, [0.2], [0.5]))
+    write_report(root)
+    table = (root / "report" / "results.md").read_text()
+    assert "| dataset | noise | rate | method | alpha | transition | runs | acc |" in table
+    assert "| FC |  | logs/study/T_estimated.npy | 1 | 50.00 |" in table
+    assert "| FC |  | data | 1 | 60.00 |" in table
+    assert re.search(r"\| FC \|  \| matrix [0-9a-f]{8} \| 1 \| 70.00 \|", table)
+    assert "| FC | 0.4 |  | 1 | 80.00 |" in table
+    assert "transition: the T a loss correction was given" in table
+    with open(root / "report" / "results.csv") as csv_file:
+        rows = {row["transition"]: row["acc_mean"] for row in csv.DictReader(csv_file)}
+    assert float(rows["data"]) == pytest.approx(0.6) and float(rows["logs/study/T_estimated.npy"]) == pytest.approx(0.5)
 
 
 def test_a_student_group_names_its_teacher(tmp_path: Path) -> None:
@@ -347,8 +370,8 @@ def test_finished_runs_whose_events_are_deleted_truncated_or_lack_test_acc_are_l
     assert run_main(["report", str(sweep_dir)]) == 0
     assert "2 runs in 3 groups (1 failed, 3 unreadable and left out, 1 unfinished and left out)" in capsys.readouterr().out
     table = (sweep_dir / "report" / "results.md").read_text()
-    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 | 1 | 70.00 |" in table  # seed 0 alone
-    assert "| FashionMNIST | SymmetricNoise | 0.4 | LS | 0.4 | 1 | 80.00 |" in table
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | CE | 0 |  | 1 | 70.00 |" in table  # seed 0 alone
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | LS | 0.4 |  | 1 | 80.00 |" in table
     assert "| LS | 0.8 |" not in table
     assert table.count("n/a") == 5 + 6 + 1  # only the failed FC's row, in each table (cost too): no numbers
     unreadable = table.split("## Unreadable runs")[1]
@@ -382,8 +405,8 @@ def test_collapsed_runs_stay_in_the_table_marked_and_listed_with_their_share(swe
     assert run_main(["report", str(sweep_dir)]) == 0
     assert "6 runs in 4 groups (1 failed, 1 collapsed (marked), 1 unfinished and left out)" in capsys.readouterr().out
     table = (sweep_dir / "report" / "results.md").read_text()
-    assert "| FashionMNIST | SymmetricNoise | 0.4 | BC |  | 2 (1 collapsed) | 30.00 +- 28.28 |" in table
-    assert "| CE | 0 | 2 | 72.00" in table  # no share logged: not collapsed
+    assert "| FashionMNIST | SymmetricNoise | 0.4 | BC |  |  | 2 (1 collapsed) | 30.00 +- 28.28 |" in table
+    assert "| CE | 0 |  | 2 | 72.00" in table  # no share logged: not collapsed
     collapsed_section = table.split("## Collapsed runs")[1]
     assert f"- `{sweep_dir / 'loss=bc__seed_everything=0'}`: top class share 97.0%" in collapsed_section
     assert "loss=bc__seed_everything=1" not in collapsed_section  # 89% is under the threshold

@@ -5,6 +5,8 @@ matplotlib is imported by the functions that draw, not with this module.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lsl.report.runs import METHOD_ORDER, GroupSummary, sort_key
 
 EXTRA_STYLES = ("-.", ":", (0, (5, 1, 1, 1, 1, 1)))
@@ -99,6 +101,8 @@ def _legend(summary: GroupSummary) -> str:
     text = description["method"]
     if description["alpha"]:
         text += f" {description['alpha']:g}"
+    if description.get("transition"):
+        text += f" (T: {Path(description['transition']).name})"
     if description["teacher"]:
         text += f" <- {description['teacher']}"
     return text

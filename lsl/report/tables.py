@@ -19,7 +19,7 @@ from lsl.report.runs import (
     has_temperatures,
 )
 
-DESCRIPTION_COLUMNS = ["stage", "dataset", "noise", "rate", "teacher", "method", "alpha"]
+DESCRIPTION_COLUMNS = ["stage", "dataset", "noise", "rate", "teacher", "method", "alpha", "transition"]
 
 
 def markdown_tables(summaries: list[GroupSummary], title: str, left_out: list[RunResult] = ()) -> str:
@@ -87,7 +87,13 @@ def legend(summaries: list[GroupSummary]) -> str:
     return ("acc: test accuracy (%) on the clean test set; ece, nll: on the test set; memorised, corrected: "
             "share (%) of the mislabelled training samples predicted as their noisy label and as their true "
             f"label, {how}.{TEMPERATURE_LEGEND if has_temperatures(summaries) else ''}"
-            f"{DIAGNOSTIC_LEGEND if has_diagnostic(summaries) else ''} Mean +- sample std over seeds.")
+            f"{DIAGNOSTIC_LEGEND if has_diagnostic(summaries) else ''}"
+            f"{TRANSITION_LEGEND if any(s.description.get('transition') for s in summaries) else ''}"
+            " Mean +- sample std over seeds.")
+
+
+TRANSITION_LEGEND = (" transition: the T a loss correction was given: a file (e.g. from lsl estimate-t), a matrix "
+                     "in the config (by its hash), or data, the T the noise realises against the clean labels.")
 
 
 TEMPERATURE_LEGEND = (" t_noisy, t_noise_aware, t_oracle: the temperatures fitted on the validation split to the "
