@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from lsl.diagnostics import TOP_CLASS_SHARE
 from lsl.report import load_runs, plot_against_alpha, read_scalars, run_metrics, summarise, write_report
 from lsl.report.command import SCALED_ECE_LINES
-from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, mark_done, write_run_files
+from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, TEACHER_CONFIG_FILE, load_sweep, mark_done, write_run_files
 
 LS = {"class_path": "lsl.losses.LabelSmoothing", "init_args": {"alpha": 0.4}}
 CE = {"class_path": "lsl.losses.CrossEntropy"}
@@ -325,6 +325,23 @@ def test_a_students_teacher_is_found_from_its_checkpoint_when_the_recorded_run_f
     (student / "config.yaml").write_text(yaml.safe_dump(student_config))
     [result], _ = load_runs(root)
     assert result.description["teacher"] == "unknown"
+
+
+def test_a_student_copied_away_from_its_teacher_names_it_from_the_copy_of_its_config(tmp_path: Path) -> None:
+    """An archive of a distillation sweep's students (docs/results keeps run folders without checkpoints, elsewhere
+    than the teachers): neither the recorded teacher folder nor the checkpoint's exists there, and the report
+    named every teacher "unknown", three rows no reader could tell apart. The copy the student kept names it."""
+    root = tmp_path / "kd"
+    for loss, label in ((LS, "ls0.4"), (CE, "ce")):
+        labels = {"teacher.model.init_args.loss": label, "seed_everything": "0"}
+        student_config = config(CE, model="lsl.TeacherStudentModule")
+        student_config["model"]["init_args"]["teacher_checkpoint"] = f"/gone/{label}/checkpoints/last.ckpt"
+        student = fake_run(root, f"teacher.loss={label}", labels, student_config,
+                           classifier_scalars(0.65, 0.1, 0.6, [0.4], [0.5]), stage="student",
+                           teacher_run=Path(f"/gone/{label}"))
+        (student / TEACHER_CONFIG_FILE).write_text(yaml.safe_dump(config(loss)))
+    results, _ = load_runs(root)
+    assert sorted(result.description["teacher"] for result in results) == ["CE", "LS 0.4"]
 
 
 def test_out_puts_the_report_elsewhere_and_a_config_file_may_give_the_options(sweep_dir: Path, tmp_path: Path,

@@ -27,6 +27,7 @@ from lsl.sweep import (
     DONE_FILE,
     FAILED_FILE,
     RUN_FILE,
+    TEACHER_CONFIG_FILE,
     LocalRunner,
     SlurmOptions,
     config_sections,
@@ -866,6 +867,33 @@ def test_a_requeued_slurm_task_counts_the_time_of_its_earlier_attempts(tmp_path:
     done = json.loads((run.directory / DONE_FILE).read_text())
     assert 0 <= done["attempt_s"] <= 5 and 100 <= done["wall_s"] - done["attempt_s"] <= 105, done
     assert done["slurm_job"] == "78" and done["fingerprint"] == run.fingerprint
+
+
+def test_a_student_keeps_its_teachers_config_locally_and_on_slurm(tmp_path: Path, monkeypatch) -> None:
+    """A student's folder holds a copy of its teacher's resolved config, taken when the student starts, so that its
+    record reads alone where it is copied (an archive, a report made elsewhere); on SLURM the job script takes it,
+    since the teacher has not run when the scripts are written."""
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(write_sweep(tmp_path, DISTILL_SWEEP))
+    teacher, student = sweep.runs(Path("logs"))[:2]
+    write_run_files(sweep, student)  # the teacher has not finished: nothing to copy yet
+    assert not (student.directory / TEACHER_CONFIG_FILE).exists()
+    teacher.directory.mkdir(parents=True)
+    (teacher.directory / "config.yaml").write_text("model: {init_args: {loss: the teacher's}}\n")
+    write_run_files(sweep, student)
+    assert (student.directory / TEACHER_CONFIG_FILE).read_text() == (teacher.directory / "config.yaml").read_text()
+
+    write_slurm(sweep, sweep.runs(Path("logs")), SlurmOptions(gpus=1), Path("logs/kd/slurm"))
+    (student.directory / TEACHER_CONFIG_FILE).unlink()  # as when the scripts were written before the teacher ran
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "79"}
+    task = subprocess.run(["bash", "logs/kd/slurm/student.sbatch"], env=env, capture_output=True, text=True)
+    assert task.returncode == 0, task.stderr
+    assert (student.directory / TEACHER_CONFIG_FILE).read_text() == (teacher.directory / "config.yaml").read_text()
+    assert "teachers=(" not in (tmp_path / "logs/kd/slurm/teacher.sbatch").read_text()
 
 
 # What `srun` sets in an array task: enough for Lightning's SLURMEnvironment.detect() (the job is not named

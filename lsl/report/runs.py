@@ -20,7 +20,17 @@ import yaml
 from lsl.diagnostics import TOP_CLASS_SHARE, collapsed
 from lsl.errors import ConfigError
 from lsl.report.describe import describe
-from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, load_sweep, read_record, recorded_fingerprint
+from lsl.sweep import (
+    CONFIG_FILE,
+    DONE_FILE,
+    FAILED_FILE,
+    OVERRIDES_FILE,
+    RUN_FILE,
+    TEACHER_CONFIG_FILE,
+    load_sweep,
+    read_record,
+    recorded_fingerprint,
+)
 
 # Where the last-epoch memorised and corrected columns come from: the paper's diagnostic (the final model in eval
 # mode over the un-augmented training split, lsl.train_eval) when a run logged it, else the in-training counts
@@ -252,7 +262,7 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[Path]]:
             continue
         info = json.loads(run_file.read_text())
         config = _read_config(directory)
-        description = describe(config, _teacher_config(info, config))
+        description = describe(config, _teacher_config(directory, info, config))
         description["stage"] = info.get("stage", "")
         group = (info.get("stage", ""),) + tuple(
             (key, label) for key, label in info.get("labels", {}).items() if "seed" not in key.rsplit(".", 1)[-1])
@@ -303,23 +313,27 @@ class _CurrentFingerprints:
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
-    for name in ("config.yaml", "overrides.yaml"):  # a run that failed before Lightning saved its config
+    for name in (CONFIG_FILE, OVERRIDES_FILE):  # a run that failed before Lightning saved its config
         if (directory / name).is_file():
             return yaml.safe_load((directory / name).read_text()) or {}
     return {}
 
 
-def _teacher_config(info: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
-    """The resolved config of a student's teacher run: where ``sweep_run.json`` says (runs made before lsl recorded
-    it as an absolute path hold it relative to the folder the sweep ran in), else the run folder of the checkpoint
-    the student's config names. None for a run that is no student; ``{}`` when neither can be read."""
+def _teacher_config(directory: Path, info: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved config of a student's teacher run: the copy the student kept (``TEACHER_CONFIG_FILE``, the
+    teacher it was trained from, even where the student's folder was copied away from the teacher's), else the
+    teacher's folder where ``sweep_run.json`` says (runs made before lsl recorded it as an absolute path hold it
+    relative to the folder the sweep ran in), else the run folder of the checkpoint the student's config names.
+    None for a run that is no student; ``{}`` when none can be read."""
     checkpoint = ((config.get("model") or {}).get("init_args") or {}).get("teacher_checkpoint")
+    if not checkpoint and not info.get("teacher_run"):
+        return None
+    if (directory / TEACHER_CONFIG_FILE).is_file():
+        return yaml.safe_load((directory / TEACHER_CONFIG_FILE).read_text()) or {}
     places = [Path(info["teacher_run"])] if info.get("teacher_run") else []
     places += [Path(checkpoint).parent.parent] if checkpoint else []  # <run>/checkpoints/last.ckpt
-    if not places:
-        return None
     for place in places:
-        if (place / "config.yaml").is_file():
+        if (place / CONFIG_FILE).is_file():
             return _read_config(place)
     return {}
 

@@ -56,11 +56,13 @@ from lsl.sweep.fingerprint import recorded_fingerprint, run_fingerprint
 from lsl.sweep.fit_sections import config_sections
 from lsl.sweep.local import LocalRunner
 from lsl.sweep.run_state import (
+    CONFIG_FILE,
     DONE_FILE,
     FAILED_FILE,
     LOG_FILE,
     OVERRIDES_FILE,
     RUN_FILE,
+    TEACHER_CONFIG_FILE,
     accept_stale,
     clear_results,
     mark_done,
@@ -74,6 +76,7 @@ from lsl.sweep.slurm import SlurmOptions, write_slurm
 from lsl.sweep.sweep_file import STAGE_KEYS, SWEEP_KEYS, load_sweep, sweep_as_file
 
 __all__ = [
+    "CONFIG_FILE",
     "DONE_FILE",
     "FAILED_FILE",
     "LOG_FILE",
@@ -81,6 +84,7 @@ __all__ = [
     "RUN_FILE",
     "STAGE_KEYS",
     "SWEEP_KEYS",
+    "TEACHER_CONFIG_FILE",
     "TEACHER_KEY",
     "LocalRunner",
     "Run",

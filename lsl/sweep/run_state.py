@@ -21,6 +21,10 @@ DONE_FILE = "sweep_done.json"
 FAILED_FILE = "sweep_failed.json"
 OVERRIDES_FILE = "overrides.yaml"
 LOG_FILE = "lsl.log"
+CONFIG_FILE = "config.yaml"  # the resolved config Lightning saves in a run's folder
+# A student's copy of its teacher's resolved config, so that its record reads alone wherever it is copied (an
+# archive of the student's folder, a report made elsewhere): the teacher's folder is only named by path.
+TEACHER_CONFIG_FILE = "teacher_config.yaml"
 
 
 def nested(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +47,9 @@ def nested(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def write_run_files(sweep: Sweep, run: Run) -> None:
     """The run's overrides file and its description; an earlier attempt's checkpoints and logs stay. The
-    description carries the time of the earlier attempts this one resumes (see :func:`_earlier_attempts_s`)."""
+    description carries the time of the earlier attempts this one resumes (see :func:`_earlier_attempts_s`). A
+    student whose teacher has finished gets a copy of the teacher's config (``TEACHER_CONFIG_FILE``); one whose
+    teacher runs later, as in a SLURM chain, gets it from its job script when it starts."""
     earlier = _earlier_attempts_s(run)
     run.directory.mkdir(parents=True, exist_ok=True)
     (run.directory / OVERRIDES_FILE).write_text(
@@ -56,6 +62,8 @@ def write_run_files(sweep: Sweep, run: Run) -> None:
                    "fingerprint": run.fingerprint, "started_at": round(time.time(), 1),
                    "earlier_attempts_s": earlier}
     (run.directory / RUN_FILE).write_text(json.dumps(description, indent=2) + "\n")
+    if run.teacher is not None and (run.teacher.directory / CONFIG_FILE).is_file():
+        shutil.copyfile(run.teacher.directory / CONFIG_FILE, run.directory / TEACHER_CONFIG_FILE)
 
 
 def _earlier_attempts_s(run: Run) -> float:

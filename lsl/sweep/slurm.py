@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from lsl.sweep.run_state import DONE_FILE, OVERRIDES_FILE, write_run_files
+from lsl.sweep.run_state import CONFIG_FILE, DONE_FILE, OVERRIDES_FILE, TEACHER_CONFIG_FILE, write_run_files
 from lsl.sweep.schema import Run, Stage, Sweep
 
 # A SLURM task's own record of its attempts: "<seconds carried from earlier attempts> <this attempt's start>".
@@ -85,6 +85,11 @@ def _sbatch(sweep: Sweep, stage: Stage, runs: list[Run], options: SlurmOptions, 
         trainer.append("--trainer.strategy=ddp")
     directories = "\n".join(f"  {shlex.quote(str(run.directory))}" for run in runs)
     fingerprints = "\n".join(f"  {run.fingerprint}" for run in runs)
+    # A student keeps a copy of its teacher's config (run_state.TEACHER_CONFIG_FILE), taken when it starts: the
+    # teacher has finished by then, which it had not when these scripts were written.
+    teachers = "" if stage.teacher is None else (
+        "teachers=(\n" + "\n".join(f"  {shlex.quote(str(run.teacher.directory))}" for run in runs) + "\n)\n"
+        f'cp "${{teachers[$SLURM_ARRAY_TASK_ID]}}/{CONFIG_FILE}" "$run/{TEACHER_CONFIG_FILE}"\n')
     return "\n".join(header) + f"""
 set -euo pipefail
 cd {shlex.quote(str(Path.cwd()))}
@@ -99,7 +104,7 @@ if [ -f "$run/{DONE_FILE}" ]; then
   echo "$run finished earlier; nothing to do"
   exit 0
 fi
-resume=()
+{teachers}resume=()
 # A requeued task (Lightning requeues before the time limit; a preempted one is requeued too) starts here again.
 # The time of the attempts before it counts as the local runner counts it (run_state._earlier_attempts_s): each
 # from its start to its last checkpoint, plus what that one carried; a task that starts from scratch carries 0.
