@@ -285,7 +285,8 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Once per epoch rather than a log_dict every step: each self.log call costs Lightning bookkeeping
         # (benchmarks/throughput.py measures it).
-        self.log_dict(self.train_metrics.compute())
+        if self.train_metrics.update_called:
+            self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
 
     def training_loss(self, logits: Tensor, batch: Batch) -> Tensor:

@@ -71,16 +71,55 @@ def use_atomic_checkpoints(trainer: pl.Trainer) -> None:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
-class ResumableCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint``, with ``save_last`` writing ``last.ckpt`` at the end of every epoch.
+class RestoreAware(Callback):
+    """Knows whether this fit was restored from a checkpoint and has trained no batch since.
+
+    Lightning ends the restored epoch a second time, with no batch, when an iteration-based fit (``max_steps``)
+    resumes from a checkpoint written at an epoch end: its fit loop counts such a checkpoint as "restarted on
+    epoch end" and runs the epoch-end hooks again before the next epoch starts. The callbacks below tell that
+    second ending apart from a real one with :attr:`untrained_since_restore`.
+    """
+
+    untrained_since_restore = False
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        self.untrained_since_restore = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.untrained_since_restore = False
+
+
+class ResumableCheckpoint(RestoreAware, ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, with ``save_last`` writing ``last.ckpt`` at the end of every epoch, and an
+    iteration-based fit resuming from it as if it had never stopped.
 
     Since Lightning 2.6 an epoch-end ``last.ckpt`` is written only when a top-k checkpoint is saved at the same
     step: with ``save_top_k: 0`` not until the fit ends, and with a monitored metric only when it improves. A
-    killed run then resumes from its start or from its best epoch, not from its last one. Every argument is
-    ``ModelCheckpoint``'s.
+    killed run then resumes from its start or from its best epoch, not from its last one.
+
+    A ``max_steps`` fit resumed from an epoch-end checkpoint ends the restored epoch again (see
+    :class:`RestoreAware`). Nothing is saved at that second ending (the epoch was saved before the kill, and the
+    loop state then is one an uninterrupted run never has), and Lightning's count of the batches that stepped,
+    which that ending advances by one, is set back to the optimizer steps taken: it is the step every logger
+    writes at, so without it every later point of the run is one step late and each ``log_every_n_steps``
+    point carries the value of the step ten before. Every argument is ``ModelCheckpoint``'s.
     """
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        # Private: Lightning logs at epoch_loop._batches_that_stepped, with no public way to set it. Under
+        # automatic optimization (one optimizer) an uninterrupted run keeps it equal to global_step.
+        if self.untrained_since_restore and pl_module.automatic_optimization:
+            epoch_loop._batches_that_stepped = trainer.global_step
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.untrained_since_restore:
+            return
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_not_saved(trainer)
@@ -120,14 +159,21 @@ def check_resume_trained(trainer: pl.Trainer, resumed_step: int) -> None:
          "limit to train more")
 
 
-class RandomStateCheckpoint(Callback):
+class RandomStateCheckpoint(RestoreAware):
     """Stores the Python, numpy and torch (CPU and CUDA) random states in every checkpoint and restores them
     on resume.
 
     Without them a resumed run draws its next batch order, augmentation and dropout from the state that
     ``seed_everything`` and the model's initialisation left, not from where the killed run was.
     Lightning keeps only rank 0's callback state, so every rank resumes with rank 0's random state.
+
+    When Lightning ends the restored epoch a second time (a ``max_steps`` fit, see :class:`RestoreAware`), that
+    ending opens the training loader and draws from these states; the next epoch opens it again. The states
+    are restored once more when that epoch starts, so that it shuffles and augments as the uninterrupted run did.
     """
+
+    _restored: dict[str, Any] | None = None
+    _ended_again = False
 
     def state_dict(self) -> dict[str, Any]:
         version, keys, position, has_gauss, cached_gaussian = np.random.get_state()
@@ -138,6 +184,19 @@ class RandomStateCheckpoint(Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict
+        self._set(state_dict)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ended_again = self.untrained_since_restore
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._ended_again and self.untrained_since_restore and self._restored is not None:
+            self._set(self._restored)
+        self._restored, self._ended_again = None, False
+
+    @staticmethod
+    def _set(state_dict: dict[str, Any]) -> None:
         random.setstate(state_dict["python"])
         torch.set_rng_state(state_dict["torch"])
         version, keys, position, has_gauss, cached_gaussian = state_dict["numpy"]
