@@ -224,6 +224,28 @@ def test_a_resumed_run_keeps_the_later_value_of_a_step_logged_twice(tmp_path: Pa
                                  "train/memorised": {10: pytest.approx(0.2), 20: pytest.approx(0.4), 30: pytest.approx(0.5)}}
 
 
+def test_the_nan_epoch_end_of_a_max_steps_run_resumed_by_older_lsl_is_left_out(tmp_path: Path) -> None:
+    # Lightning ends the restored epoch of a resumed max_steps fit a second time, with no batch; lsl logged its
+    # training metrics, all NaN, one step after the real ones (kept in docs/results/cifar10n_regime). Here the
+    # run was resumed twice: mid-run, and after its last epoch (killed before its test had run).
+    sweep = tmp_path / "logs" / "study"
+    nan = float("nan")
+    scalars = classifier_scalars(0.7, 0.2, 0.8, [0.1, 0.3, 0.9], [0.5, 0.6, 0.7])
+    for tag in ("train/memorised", "train/corrected", "train/acc_noisy"):
+        scalars[tag] = [*scalars.get(tag, [(10, 0.8), (20, 0.8), (30, 0.8)]), (11, nan), (31, nan)]
+    fake_run(sweep, "loss=ce__seed_everything=0", {"model.init_args.loss": "ce", "seed_everything": "0"}, config(CE),
+             scalars)
+    fake_run(sweep, "loss=ce__seed_everything=1", {"model.init_args.loss": "ce", "seed_everything": "1"}, config(CE),
+             classifier_scalars(0.7, 0.2, 0.8, [0.3, 0.5, 0.7], [0.5, 0.6, 0.7]))
+
+    [summary] = summarise(load_runs(sweep)[0])
+
+    assert summary.memorisation_curve() == pytest.approx([0.2, 0.4, 0.8])  # epoch by epoch, no NaN, not shifted
+    assert summary.values("memorised") == pytest.approx([0.9, 0.7])  # both seeds in the mean of the last epoch
+    assert read_scalars(sweep / "loss=ce__seed_everything=0")["val/acc_noisy"] == {
+        10: pytest.approx(0.5), 20: pytest.approx(0.6), 30: pytest.approx(0.7)}  # other tags untouched
+
+
 def test_the_report_writes_tables_csv_and_plots_also_to_tensorboard(sweep_dir: Path, capsys) -> None:
     assert run_main(["report", str(sweep_dir)]) == 0
     assert "4 runs in 3 groups (1 failed, 1 unfinished and left out)" in capsys.readouterr().out

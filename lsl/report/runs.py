@@ -60,6 +60,7 @@ DIAGNOSTIC_METRICS = [("train_overall", "train_eval/acc_clean", 100, 2),
 # What a run cost: its wall time over all its attempts (sweep_done.json's wall_s), in minutes.
 COST_METRICS = [("wall_min", None, 1, 1)]
 SELECTION_METRIC = "val/acc_noisy"
+UNTRAINED_MARK = "train/acc_noisy"  # NaN only at an epoch end that saw no training sample
 METHOD_ORDER = ["CE", "LS", "FC", "BC", "KD"]
 
 Scalars = dict[str, dict[int, float]]
@@ -138,7 +139,13 @@ def has_temperatures(summaries: list[GroupSummary]) -> bool:
 
 
 def read_scalars(directory: Path) -> Scalars:
-    """Every scalar a run logged, ``{tag: {step: value}}``; a step logged twice (a resumed run) keeps the later."""
+    """Every scalar a run logged, ``{tag: {step: value}}``; a step logged twice (a resumed run) keeps the later.
+
+    Left out: the epoch-end training metrics (``train/*``) of an epoch end that saw no training sample, where
+    ``train/acc_noisy`` is NaN. lsl logged them, all NaN, when Lightning ended the restored epoch of a resumed
+    ``max_steps`` fit a second time (lsl.resume.RestoreAware); they would put a NaN point into the run's
+    memorisation curve, and a NaN last-epoch value drops the run from its group's mean.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars: Scalars = {}
@@ -147,6 +154,11 @@ def read_scalars(directory: Path) -> Scalars:
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
             scalars.setdefault(tag, {}).update((event.step, event.value) for event in accumulator.Scalars(tag))
+    untrained = {step for step, value in scalars.get(UNTRAINED_MARK, {}).items() if math.isnan(value)}
+    for tag, values in scalars.items():
+        if tag.startswith("train/"):
+            for step in untrained & values.keys():
+                del values[step]
     return scalars
 
 
