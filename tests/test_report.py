@@ -15,7 +15,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from lsl.diagnostics import TOP_CLASS_SHARE
-from lsl.report import load_runs, plot_against_alpha, read_scalars, run_metrics, summarise, write_report
+from lsl.report import (
+    load_runs,
+    plot_against_alpha,
+    read_scalars,
+    run_metrics,
+    summarise,
+    truncated_events,
+    write_report,
+)
 from lsl.report.command import SCALED_ECE_LINES
 from lsl.sweep import DONE_FILE, FAILED_FILE, RUN_FILE, TEACHER_CONFIG_FILE, load_sweep, mark_done, write_run_files
 
@@ -224,6 +232,23 @@ def test_a_resumed_run_keeps_the_later_value_of_a_step_logged_twice(tmp_path: Pa
                                  "train/memorised": {10: pytest.approx(0.2), 20: pytest.approx(0.4), 30: pytest.approx(0.5)}}
 
 
+def test_attempts_are_ordered_by_the_time_in_their_file_names_not_by_modification_time(tmp_path: Path) -> None:
+    # After `cp -r docs/results/.../runs logs/...` or a git checkout, the modification times say nothing about
+    # which attempt came first; here the killed attempt's file (cut mid-record by the kill) looks the newest.
+    run = tmp_path / "run"
+    for attempt, (created, value) in enumerate([(1_796_000_000, 0.1), (1_796_000_900, 0.6)]):
+        write_events(run / "tmp", {"test/acc": [(30, value)]})
+        [written] = (run / "tmp").iterdir()
+        written.rename(run / f"events.out.tfevents.{created}.node01.cluster.org.{4000 + attempt}.0")
+    killed, resumed = sorted(run.glob("events.out.tfevents.*"))
+    with killed.open("ab") as file:
+        file.write(b"\x10\x00")  # half a record header
+    os.utime(resumed, (1, 1))
+
+    assert read_scalars(run) == {"test/acc": {30: pytest.approx(0.6)}}
+    assert truncated_events(run) is None
+
+
 def test_the_nan_epoch_end_of_a_max_steps_run_resumed_by_older_lsl_is_left_out(tmp_path: Path) -> None:
     # Lightning ends the restored epoch of a resumed max_steps fit a second time, with no batch; lsl logged its
     # training metrics, all NaN, one step after the real ones (kept in docs/results/cifar10n_regime). Here the
@@ -430,7 +455,8 @@ def test_a_truncated_events_file_of_a_killed_and_resumed_attempt_does_not_make_t
     write_events(run, {"test/acc": [(30, 0.75)]})
     [result] = [result for result in load_runs(sweep_dir)[0] if result.directory == run]
     assert result.unreadable is None and result.metrics["acc"] == pytest.approx(0.75)
-    os.utime(first)  # the newest file is the truncated one: what the run logged last is lost
+    newest = max(run.glob("events.out.tfevents.*"))  # by the creation time and counter in the names
+    newest.write_bytes(newest.read_bytes()[:-5])  # the newest file is truncated: what the run logged last is lost
     [result] = [result for result in load_runs(sweep_dir)[0] if result.directory == run]
     assert result.unreadable is not None and "is truncated" in result.unreadable
 

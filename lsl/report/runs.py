@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import struct
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ UNTRAINED_MARK = "train/acc_noisy"  # NaN only at an epoch end that saw no train
 METHOD_ORDER = ["CE", "LS", "FC", "BC", "KD"]
 
 Scalars = dict[str, dict[int, float]]
+_EVENTS_NAME = re.compile(r"^events\.out\.tfevents\.(?P<time>\d+)\..*\.\d+\.(?P<n>\d+)$")
 
 
 @dataclass
@@ -149,7 +151,7 @@ def read_scalars(directory: Path) -> Scalars:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars: Scalars = {}
-    for events in sorted(directory.glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime):
+    for events in event_files(directory):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
@@ -162,12 +164,22 @@ def read_scalars(directory: Path) -> Scalars:
     return scalars
 
 
+def event_files(directory: Path) -> list[Path]:
+    """A run's TensorBoard event files, oldest first, by the creation time and counter in their names
+    (``events.out.tfevents.<unix time>.<host>.<pid>.<n>``): a copy or a git checkout resets modification times,
+    so they cannot tell a killed attempt's file from the resumed attempt's. Names of another form go by mtime."""
+    def created(path: Path) -> tuple[float, int]:
+        match = _EVENTS_NAME.match(path.name)
+        return (float(match["time"]), int(match["n"])) if match else (path.stat().st_mtime, 0)
+
+    return sorted(directory.glob("events.out.tfevents.*"), key=created)
+
+
 def truncated_events(directory: Path) -> str | None:
     """Whether the run's newest event file ends inside a record (TensorBoard's reader stops there silently,
     dropping what follows), as a reason; None when it ends on a record boundary. Older files are those of
     attempts that were killed and resumed: the resumed run logs again what a killed attempt lost."""
-    files = sorted(directory.glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime)
-    for events in files[-1:]:
+    for events in event_files(directory)[-1:]:
         data = events.read_bytes()
         offset = 0
         while offset < len(data):
