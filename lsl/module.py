@@ -284,7 +284,9 @@ class Classifier(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Once per epoch rather than a log_dict every step: each self.log call costs Lightning bookkeeping
-        # (benchmarks/throughput.py measures it).
+        # (benchmarks/throughput.py measures it). An epoch end that trained no batch logs nothing: Lightning ends
+        # the restored epoch of a resumed max_steps fit a second time (lsl.resume.RestoreAware), and its values,
+        # logged before the kill, would now be NaN.
         if self.train_metrics.update_called:
             self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
