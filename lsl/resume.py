@@ -191,7 +191,7 @@ class RandomStateCheckpoint(RestoreAware):
         self._ended_again = self.untrained_since_restore
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._ended_again and self.untrained_since_restore and self._restored is not None:
+        if self._ended_again and self._restored is not None:  # no batch can run between an end and a start
             self._set(self._restored)
         self._restored, self._ended_again = None, False
 
